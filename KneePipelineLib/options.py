@@ -1,0 +1,120 @@
+"""One options type for the CLI, the pipeline and the Slicer panel (Python 3.9-safe, stdlib only)."""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import ConfigurationError
+
+NSM_CHOICES = ("none", "bone_cartilage", "bone_only", "both")
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+MESH_FORMATS = ("vtp", "vtk")
+CHECKPOINTS = ("best", "final")
+
+
+@dataclass
+class RunOptions:
+    """Everything that decides what a run computes. Paths are strings so the type is JSON-friendly."""
+
+    out_dir: str = ""
+    image: Optional[str] = None            # MRI volume / DICOM folder / zip (segmentation input)
+    labels: Optional[str] = None           # an existing label map (skips segmentation)
+    label_convention: str = "dosma"        # dosma | pymskt | path to a JSON map
+    model: str = "nnunet_fullres"          # id in the model registry
+    model_dir: Optional[str] = None        # local model folder overriding the download
+    device: str = "auto"
+    threads: Optional[int] = None
+    folds: Optional[List[int]] = None      # None: the model's published folds
+    checkpoint: str = "best"
+    tta: bool = False
+    step_size: float = 0.5
+    postprocess: bool = True
+    cpu_fallback: bool = True              # retry on CPU after a GPU out-of-memory error
+    offline: bool = False                  # never contact the hub
+    bone_smooth_var_mm2: float = 0.5       # Gaussian variance before contouring bones
+    cartilage_smooth_var_mm2: float = 0.3125
+    mesh_format: str = "vtp"
+    echoes: Optional[List[str]] = None     # T2: multi-echo series / 4D volume / qDESS
+    echo_times_ms: Optional[List[float]] = None
+    t2_drop_first_echo: bool = True
+    nsm: str = "none"
+    nsm_dir: Optional[str] = None
+    bscore_dir: Optional[str] = None
+    nsm_iterations: int = 2000
+    nsm_samples: int = 10000
+    nsm_patience: int = 50
+    seed: int = 0
+    report: bool = True
+    resume: bool = False
+    timeout_s: Optional[float] = None      # whole-run limit
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> "RunOptions":
+        if not self.out_dir:
+            raise ConfigurationError("No output folder given.", hint="Pass --out DIR.")
+        if not self.image and not self.labels:
+            raise ConfigurationError("No input given.", hint="Pass --image (an MRI) or --labels (a label map).")
+        if self.nsm not in NSM_CHOICES:
+            raise ConfigurationError("Unknown NSM option %r." % self.nsm, hint="Use one of: %s." % ", ".join(NSM_CHOICES))
+        if self.device not in DEVICE_CHOICES:
+            raise ConfigurationError("Unknown device %r." % self.device, hint="Use one of: %s." % ", ".join(DEVICE_CHOICES))
+        if self.mesh_format not in MESH_FORMATS:
+            raise ConfigurationError("Unknown mesh format %r." % self.mesh_format, hint="Use vtp or vtk.")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ConfigurationError("Unknown checkpoint %r." % self.checkpoint, hint="Use best or final.")
+        if not (0.0 < self.step_size <= 1.0):
+            raise ConfigurationError("Tile step size must be in (0, 1], got %r." % self.step_size)
+        for name in ("bone_smooth_var_mm2", "cartilage_smooth_var_mm2"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError("%s must be >= 0." % name)
+        if self.nsm_iterations < 1 or self.nsm_samples < 1 or self.nsm_patience < 1:
+            raise ConfigurationError("NSM iterations, samples and patience must be positive.")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigurationError("Timeout must be positive.")
+        return self
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigurationError("Unknown option(s): %s." % ", ".join(unknown))
+        return cls(**data)
+
+    def computation_key(self) -> Dict[str, Any]:
+        """Options that change results (used by --resume to decide whether outputs still match)."""
+        d = self.to_dict()
+        for k in ("out_dir", "resume", "threads", "timeout_s", "report", "offline", "cpu_fallback"):
+            d.pop(k, None)
+        return d
+
+    def to_argv(self) -> List[str]:
+        """The ``kneepipeline run`` arguments that reproduce these options."""
+        argv = ["run", "--out", self.out_dir]
+        default = RunOptions()
+        for f in dataclasses.fields(self):
+            if f.name == "out_dir":
+                continue
+            value = getattr(self, f.name)
+            if value == getattr(default, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            elif isinstance(value, list):
+                argv.append(flag)
+                argv.extend(str(v) for v in value)
+            elif value is not None:
+                argv.extend([flag, str(value)])
+        return argv
+
+
+def option_fields() -> List[Any]:
+    return list(dataclasses.fields(RunOptions))
