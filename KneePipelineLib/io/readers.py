@@ -84,7 +84,12 @@ def _read_any(path: Path, workdir: Optional[Path]):
         uid = dicom.read_tags(str(path), ["0020|000e"])["0020|000e"]
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), uid or "")) if uid else []
         if len(files) > 1:
-            return dicom.read_series_files(files), {"dicom_note": "read the whole series of %s" % path.name}
+            groups = dicom.group_by_echo(files)
+            mine = next((g for g in groups.values() if any(Path(f).resolve() == path.resolve() for f in g)), files)
+            note = "read the series of %s" % path.name
+            if len(groups) > 1:
+                note += " (its echo only: %d of %d files)" % (len(mine), len(files))
+            return dicom.read_series_files(mine), {"dicom_note": note}
         return _read_file_sitk(path), {}
     if _suffix(path) not in VOLUME_SUFFIXES:
         raise UnsupportedFormatError("The file type of %s is not supported." % path.name)

@@ -1,0 +1,76 @@
+"""Argument groups shared by `run`, `analyze`, `segment` and `batch`, all mapped onto RunOptions."""
+from __future__ import annotations
+
+import argparse
+
+from ..options import CHECKPOINTS, DEVICE_CHOICES, MESH_FORMATS, NSM_CHOICES, RunOptions
+
+
+def add_labels_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--labels", required=required, help="existing label map (NIfTI/NRRD/DICOM); skips segmentation")
+    p.add_argument("--label-convention", default="dosma",
+                   help="label numbering of --labels: dosma (= nnU-Net), pymskt, or a JSON file {value: tissue}")
+
+
+def add_mesh_args(p: argparse.ArgumentParser) -> None:
+    d = RunOptions()
+    g = p.add_argument_group("meshes")
+    g.add_argument("--bone-smooth-var-mm2", type=float, default=d.bone_smooth_var_mm2,
+                   help="Gaussian variance (mm^2) before contouring bones (default %(default)s)")
+    g.add_argument("--cartilage-smooth-var-mm2", type=float, default=d.cartilage_smooth_var_mm2,
+                   help="Gaussian variance (mm^2) before contouring cartilage (default %(default)s)")
+    g.add_argument("--mesh-format", choices=MESH_FORMATS, default="vtp", help="binary VTP (default) or legacy VTK")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    d = RunOptions()
+    g = p.add_argument_group("segmentation model")
+    g.add_argument("--model", default=d.model, help="model id from `kneepipeline models` (default %(default)s)")
+    g.add_argument("--model-dir", help="use a local copy of the model instead of downloading it")
+    g.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    g.add_argument("--threads", type=int, help="CPU threads for inference")
+    g.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds (default: the model's published folds)")
+    g.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    g.add_argument("--tta", action="store_true", help="test-time mirroring (slower, slightly better)")
+    g.add_argument("--step-size", type=float, default=d.step_size, help="sliding-window tile step (0-1]")
+    g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
+                   help="keep every connected component and bone holes")
+    g.add_argument("--no-cpu-fallback", dest="cpu_fallback", action="store_false",
+                   help="fail instead of retrying on the CPU after a GPU out-of-memory error")
+    g.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+
+
+def add_t2_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("T2")
+    g.add_argument("--echoes", nargs="+", help="multi-echo series (DICOM folder/zip, 4D volume or one file per echo)")
+    g.add_argument("--echo-times-ms", type=float, nargs="+", help="echo times when the files do not carry them")
+    g.add_argument("--keep-first-echo", dest="t2_drop_first_echo", action="store_false",
+                   help="fit all echoes (default drops the first, stimulated-echo contaminated)")
+
+
+def add_nsm_args(p: argparse.ArgumentParser) -> None:
+    d = RunOptions()
+    g = p.add_argument_group("shape model")
+    g.add_argument("--nsm", choices=NSM_CHOICES, default="none")
+    g.add_argument("--nsm-dir", help="local NSM model folder (model_params_config.json + model/<epoch>.pth)")
+    g.add_argument("--bscore-dir", help="B-score model folder (model.json)")
+    g.add_argument("--nsm-iterations", type=int, default=d.nsm_iterations)
+    g.add_argument("--nsm-samples", type=int, default=d.nsm_samples)
+    g.add_argument("--nsm-patience", type=int, default=d.nsm_patience)
+    g.add_argument("--seed", type=int, default=d.seed)
+
+
+def add_run_control_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run control")
+    g.add_argument("--out", required=True, help="output (run) folder")
+    g.add_argument("--no-report", dest="report", action="store_false", help="skip the QC report")
+    g.add_argument("--resume", action="store_true", help="skip the run when its outputs are complete and match")
+    g.add_argument("--timeout", dest="timeout_s", type=float, help="whole-run time limit in seconds")
+
+
+def options_from_args(args: argparse.Namespace, **overrides) -> RunOptions:
+    names = set(RunOptions.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["out_dir"] = args.out
+    values.update(overrides)
+    return RunOptions(**values)

@@ -1,0 +1,25 @@
+"""`kneepipeline sample-data`: fetch the real sample knee data (mskt 0.1.22 sdist from PyPI)."""
+NAME = "sample-data"
+HELP = "download the real sample knee data (label map, MESE T2 series, femur meshes) into a cache"
+
+
+def add_arguments(p):
+    p.add_argument("--cache", help="where to put the files (default ~/.cache/kneepipeline/sample-data)")
+    p.add_argument("--archive", help="use an already downloaded mskt-0.1.22.tar.gz")
+    p.add_argument("--no-shared", dest="use_shared", action="store_false",
+                   help="ignore a pre-filled shared/data folder next to the project")
+
+
+def main(args, progress):
+    import sys
+    from pathlib import Path
+
+    from ..sample_data import ensure_sample_data
+
+    progress.set_steps([("sample-data", 1)])
+    folder = ensure_sample_data(Path(args.cache) if args.cache else None,
+                                Path(args.archive) if args.archive else None, args.use_shared,
+                                progress=progress.sub("sample-data"))
+    progress.result(sample_data=str(folder))
+    sys.stderr.write("Sample data: %s\n" % folder)
+    return 0

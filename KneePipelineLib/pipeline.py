@@ -1,0 +1,471 @@
+"""One pipeline run: input -> segmentation -> morphometry -> T2 -> NSM + B-score -> results -> report -> bundle.
+
+The CLI (`run`, `analyze`), the Slicer module (through the runner) and the batch driver all call
+:func:`run`. Each step is a unit with a weight (for honest progress), reads what earlier steps left in
+the :class:`RunContext`, writes its outputs atomically into the run folder and registers them in the
+manifest. A failed or cancelled run leaves a manifest saying so and never a ``results.json``.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from . import __version__
+from .errors import (CancelledError, ConfigurationError, InvalidInputError, KneePipelineError,
+                     OutputUnwritableError, PipelineTimeoutError, classify)
+from .manifest import MANIFEST_NAME, Manifest, OutputEntry, load_manifest, now_iso
+from .options import RunOptions
+from .progress import NullProgress, Progress
+
+log = logging.getLogger("kneepipeline")
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+BUNDLE_NAME = "results_bundle.zip"
+WORK_DIR = ".work"
+
+
+@dataclass
+class RunContext:
+    options: RunOptions
+    out_dir: Path
+    progress: Progress
+    manifest: Manifest
+    work_dir: Path
+    data: Dict[str, Any] = field(default_factory=dict)   # in-memory hand-over between steps
+    results: Dict[str, Any] = field(default_factory=dict)  # what goes into results.json
+
+    # -- atomic outputs -----------------------------------------------------------------------
+    def output(self, relpath: str, kind: str, writer: Callable[[Path], None], step: str = "", **meta: Any) -> Path:
+        """Write ``relpath`` through ``writer(tmp_path)`` then rename into place; record it in the manifest."""
+        final = self.out_dir / relpath
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(".tmp-" + final.name)
+        try:
+            writer(tmp)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.manifest.add(OutputEntry(path=relpath.replace(os.sep, "/"), kind=kind, step=step, **meta))
+        return final
+
+    def warn(self, message: str) -> None:
+        self.progress.warning(message)
+        if message not in self.manifest.warnings:
+            self.manifest.warnings.append(message)
+
+
+@dataclass
+class Step:
+    name: str
+    weight: float
+    fn: Callable[[RunContext], None]
+    enabled: Callable[[RunOptions], bool] = lambda o: True
+    fatal: bool = True          # a non-fatal step's failure becomes a warning
+
+
+# ----------------------------------------------------------------------------------------------
+# steps
+# ----------------------------------------------------------------------------------------------
+def step_input(ctx: RunContext) -> None:
+    from .io.readers import read_image, read_labels, write_volume
+    from . import labels as L
+
+    o = ctx.options
+    sub = ctx.progress.sub("input")
+    if o.image:
+        sub(0.1, "reading image")
+        ctx.data["image"] = read_image(o.image, workdir=ctx.work_dir)
+    if o.labels:
+        sub(0.5, "reading label map")
+        vol = read_labels(o.labels, workdir=ctx.work_dir)
+        table = L.load_convention(o.label_convention)
+        vol = vol.with_array(L.remap(vol.array, table, o.label_convention))
+        ctx.data["labels"] = vol
+        if "image" in ctx.data and not ctx.data["image"].same_geometry(vol, tol=1e-3):
+            raise InvalidInputError("The image and the label map have different grids (size, spacing, origin or "
+                                    "orientation).", hint="Give the label map that was segmented from this image.")
+    sub(1.0, "inputs read")
+
+
+def step_segmentation(ctx: RunContext) -> None:
+    from .io.readers import write_volume
+    from .segmentation import segment
+    from . import labels as L
+
+    res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
+    ctx.data["labels"] = res.labels
+    ctx.manifest.models["segmentation"] = _jsonable(res.model)
+    ctx.output("segmentation.nii.gz", "labelmap", lambda p: write_volume(res.labels, p), step="segmentation",
+               description="Segmentation (canonical labels)", coordinate_system="LPS",
+               labels={str(k): v for k, v in L.TISSUES.items()})
+
+
+def step_morphometry(ctx: RunContext) -> None:
+    from .io.readers import write_volume
+    from .morphometry import MeshSettings, analyze_labels, write_mesh
+    from . import labels as L
+
+    o = ctx.options
+    labels = ctx.data["labels"]
+    if "segmentation" not in ctx.manifest.steps or ctx.manifest.steps["segmentation"].get("status") != "complete":
+        ctx.output("labels.nii.gz", "labelmap", lambda p: write_volume(labels, p), step="morphometry",
+                   description="Input label map in canonical labels", coordinate_system="LPS",
+                   labels={str(k): v for k, v in L.TISSUES.items()})
+    settings = MeshSettings(bone_smooth_var_mm2=o.bone_smooth_var_mm2,
+                            cartilage_smooth_var_mm2=o.cartilage_smooth_var_mm2)
+    res = analyze_labels(labels, settings, progress=ctx.progress.sub("morphometry"))
+    ctx.data["morphometry"] = res
+    for w in res.warnings:
+        ctx.warn(w)
+    ctx.output("regions.nii.gz", "labelmap", lambda p: write_volume(res.regions_volume, p), step="morphometry",
+               description="Cartilage sub-regions", coordinate_system="LPS",
+               labels={str(k): v for k, v in L.region_label_names().items()})
+    ext = o.mesh_format
+    for name, poly in res.meshes.items():
+        arrays = [poly.GetPointData().GetArrayName(i) for i in range(poly.GetPointData().GetNumberOfArrays())]
+        arrays = [a for a in arrays if a and a.lower() != "normals"]
+        ctx.output("meshes/%s.%s" % (name, ext), "mesh", lambda p, poly=poly: write_mesh(poly, p, ext),
+                   step="morphometry", structure=name, coordinate_system="LPS", scalars=arrays,
+                   units={"thickness_mm": "mm"} if "thickness_mm" in arrays else {},
+                   description=name.replace("_", " ") + " surface")
+    ctx.results["laterality"] = {"side": res.laterality.side, "evidence": res.laterality.evidence,
+                                 "confidence": round(res.laterality.confidence, 3)}
+    ctx.results["regions"] = [_region_row(r) for r in res.regions]
+
+
+def step_t2(ctx: RunContext) -> None:
+    from .io.readers import write_volume
+    from . import t2 as T2
+
+    o = ctx.options
+    sub = ctx.progress.sub("t2")
+    sub(0.05, "reading echoes")
+    echoes = T2.load_echoes(list(o.echoes or []), o.echo_times_ms)
+    sub(0.3, "fitting T2")
+    maps = T2.fit_mese(echoes, drop_first_echo=o.t2_drop_first_echo)
+    morph = ctx.data.get("morphometry")
+    regions_vol = morph.regions_volume if morph is not None else None
+    if regions_vol is not None and not maps.t2_ms.same_geometry(regions_vol, tol=1e-3):
+        maps = T2.resample_to(maps, regions_vol)
+    sub(0.8, "regional T2")
+    ctx.output("t2_ms.nii.gz", "volume", lambda p: write_volume(maps.t2_ms, p), step="t2",
+               description="T2 map (ms)", coordinate_system="LPS", units={"t2": "ms"})
+    ctx.results["t2_method"] = {"method": maps.method, "params": _jsonable(maps.params)}
+    if regions_vol is not None:
+        rows, point_arrays = T2.regional_t2(maps, regions_vol, morph.meshes)
+        ctx.results["t2"] = _jsonable(rows)
+    sub(1.0, "T2 done")
+
+
+def step_nsm(ctx: RunContext) -> None:
+    from .shape.pipeline_step import run_nsm_step
+
+    run_nsm_step(ctx)
+
+
+def step_results(ctx: RunContext) -> None:
+    ctx.results["warnings"] = list(ctx.manifest.warnings)
+    doc = {
+        "schema": "kneepipeline-results/1",
+        "library_version": __version__,
+        "units": {"thickness": "mm", "area": "mm^2", "volume": "mm^3", "t2": "ms", "coverage": "fraction 0-1"},
+        **ctx.results,
+    }
+    doc = _jsonable(doc)
+    row = flatten_results(doc)
+    ctx.output(RESULTS_CSV, "table", lambda p: _write_csv(p, row), step="results",
+               description="One-row results table")
+    ctx.output(RESULTS_JSON, "json", lambda p: p.write_text(json.dumps(doc, indent=2, allow_nan=False)),
+               step="results", description="All results (strict JSON)")
+    ctx.progress.sub("results")(1.0, "results written")
+
+
+def step_report(ctx: RunContext) -> None:
+    from .report import build_report
+
+    build_report(ctx.out_dir, ctx.manifest, progress=ctx.progress.sub("report"))
+
+
+def step_bundle(ctx: RunContext) -> None:
+    def write_zip(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for entry in sorted(ctx.manifest.outputs, key=lambda e: e.path):
+                if entry.path == BUNDLE_NAME:
+                    continue
+                zf.write(ctx.out_dir / entry.path, arcname=entry.path)
+            zf.writestr(MANIFEST_NAME, json.dumps(ctx.manifest.to_dict(), indent=2, allow_nan=False))
+
+    ctx.output(BUNDLE_NAME, "archive", write_zip, step="bundle", description="Zip of the run's outputs")
+
+
+STEPS: List[Step] = [
+    Step("input", 1, step_input),
+    Step("segmentation", 30, step_segmentation, enabled=lambda o: bool(o.image) and not o.labels),
+    Step("morphometry", 10, step_morphometry),
+    Step("t2", 4, step_t2, enabled=lambda o: bool(o.echoes)),
+    Step("nsm", 25, step_nsm, enabled=lambda o: o.nsm != "none"),
+    Step("results", 1, step_results),
+    Step("report", 4, step_report, enabled=lambda o: o.report, fatal=False),
+    Step("bundle", 1, step_bundle),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------
+class _Deadline:
+    """Whole-run timeout and SIGTERM/SIGINT handling (main thread only)."""
+
+    def __init__(self, timeout_s: Optional[float]):
+        self.timeout_s = timeout_s
+        self._old = {}
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if not self.active:
+            return self
+
+        def on_term(signum, frame):
+            raise CancelledError("The run was cancelled (signal %d)." % signum)
+
+        def on_alarm(signum, frame):
+            raise PipelineTimeoutError("The run exceeded its time limit of %.0f s." % self.timeout_s)
+
+        for sig, fn in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGALRM, on_alarm)):
+            self._old[sig] = signal.signal(sig, fn)
+        if self.timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, float(self.timeout_s))
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+        return False
+
+
+def _check_output_location(options: RunOptions, out_dir: Path) -> None:
+    for inp in [options.image, options.labels] + list(options.echoes or []):
+        if not inp:
+            continue
+        p = Path(inp).resolve()
+        if p == out_dir or (p.is_dir() and (p in out_dir.parents)):
+            raise OutputUnwritableError("The output folder %s is inside the input %s." % (out_dir, p),
+                                        hint="Choose an output folder outside the input folder; inputs are never modified.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputUnwritableError("Cannot write to the output folder %s (%s)." % (out_dir, exc.strerror or exc)) from exc
+
+
+def environment_info(device: Optional[str] = None) -> Dict[str, Any]:
+    info: Dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "library_version": __version__}
+    for mod in ("numpy", "SimpleITK", "vtk", "torch", "nnunetv2", "scipy"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            info[mod] = getattr(m, "__version__", None) or getattr(m, "Version", lambda: None)()
+    if "vtk" in sys.modules:
+        info["vtk"] = sys.modules["vtk"].vtkVersion.GetVTKVersion() if hasattr(sys.modules["vtk"], "vtkVersion") else info.get("vtk")
+    if device:
+        info["device"] = device
+    return info
+
+
+def run(options: RunOptions, progress: Optional[Progress] = None, command: str = "run") -> Manifest:
+    """Run the pipeline; returns the final manifest. Raises a :class:`KneePipelineError` on failure
+    (after writing a manifest that records the failure)."""
+    progress = progress or NullProgress()
+    options.validate()
+    out_dir = Path(options.out_dir).resolve()
+    _check_output_location(options, out_dir)
+
+    steps = [s for s in STEPS if s.enabled(options)]
+    if options.resume and _complete_and_matching(out_dir, options):
+        progress.set_steps([("resume", 1)])
+        progress.hello(command, __version__)
+        manifest = load_manifest(str(out_dir))
+        progress.step("resume", 1.0, "outputs complete and options unchanged: nothing to do")
+        progress.result(out_dir=str(out_dir), manifest=str(out_dir / MANIFEST_NAME), resumed=True)
+        return manifest
+
+    # A new run: previous results are removed first so no stale results.json can be mistaken for this run.
+    for stale in (RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME):
+        if (out_dir / stale).exists():
+            (out_dir / stale).unlink()
+    progress.set_steps([(s.name, s.weight) for s in steps])
+    progress.hello(command, __version__)
+    manifest = Manifest(library_version=__version__, command=command, created=now_iso(),
+                        options=options.to_dict(), environment=environment_info())
+    work = out_dir / WORK_DIR
+    work.mkdir(exist_ok=True)
+    ctx = RunContext(options, out_dir, progress, manifest, work)
+    manifest.write(str(out_dir))
+    try:
+        with _Deadline(options.timeout_s):
+            for s in steps:
+                t0 = time.time()
+                manifest.steps[s.name] = {"status": "running"}
+                progress.step(s.name, 0.0, "starting " + s.name)
+                try:
+                    s.fn(ctx)
+                except KneePipelineError as exc:
+                    if s.fatal or isinstance(exc, (CancelledError, PipelineTimeoutError)):
+                        raise
+                    ctx.warn("%s step failed: %s" % (s.name, exc.message))
+                    manifest.steps[s.name] = {"status": "failed", "seconds": round(time.time() - t0, 3),
+                                              "error": exc.to_dict()}
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    if s.fatal:
+                        raise
+                    ctx.warn("%s step failed: %s" % (s.name, classify(exc).message))
+                    manifest.steps[s.name] = {"status": "failed", "seconds": round(time.time() - t0, 3)}
+                    continue
+                finally:
+                    gc.collect()
+                manifest.steps[s.name] = {"status": "complete", "seconds": round(time.time() - t0, 3)}
+                progress.step(s.name, 1.0, s.name + " done")
+                manifest.write(str(out_dir))
+        manifest.environment = environment_info(manifest.environment.get("device"))
+        manifest.status = "complete"
+        manifest.finished = now_iso()
+        manifest.write(str(out_dir))
+        progress.result(out_dir=str(out_dir), manifest=str(out_dir / MANIFEST_NAME),
+                        warnings=list(manifest.warnings))
+        return manifest
+    except BaseException as exc:
+        err = classify(exc)
+        manifest.status = "cancelled" if err.category == "cancelled" else "failed"
+        manifest.error = err.to_dict()
+        manifest.finished = now_iso()
+        for name, st in manifest.steps.items():
+            if st.get("status") == "running":
+                st["status"] = manifest.status
+        # never leave results that look complete
+        for stale in (RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME):
+            if (out_dir / stale).exists():
+                (out_dir / stale).unlink()
+        manifest.outputs = [o for o in manifest.outputs if o.path not in (RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME)]
+        try:
+            manifest.write(str(out_dir))
+        except OSError:
+            pass
+        if err is exc:
+            raise
+        raise err from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        _release_memory()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _complete_and_matching(out_dir: Path, options: RunOptions) -> bool:
+    try:
+        m = load_manifest(str(out_dir))
+    except (OSError, ValueError, TypeError):
+        return False
+    if m.status != "complete":
+        return False
+    try:
+        old = RunOptions.from_dict(m.options)
+    except KneePipelineError:
+        return False
+    if old.computation_key() != options.computation_key():
+        return False
+    return all((out_dir / o.path).exists() for o in m.outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# results helpers
+# ----------------------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    import math
+
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if np is not None and isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if np is not None and isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _region_row(r: Any) -> Dict[str, Any]:
+    from dataclasses import asdict
+    from . import labels as L
+
+    row = asdict(r)
+    reg = L.REGION_BY_NAME.get(row.get("name"))
+    if reg is not None:
+        row.setdefault("display", reg.display)
+        row.setdefault("chondrometrics", reg.chondrometrics)
+    return _jsonable(row)
+
+
+def flatten_results(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """One flat row: laterality, per-region measures as ``<region>_<measure>``, T2, NSM/B-score."""
+    row: Dict[str, Any] = {}
+    lat = doc.get("laterality") or {}
+    row["laterality"] = lat.get("side")
+    for r in doc.get("regions", []):
+        for k, v in r.items():
+            if k in ("name", "code", "display", "chondrometrics") or isinstance(v, (dict, list)):
+                continue
+            row["%s_%s" % (r["name"], k)] = v
+    for r in doc.get("t2", []) or []:
+        layer = r.get("layer", "all")
+        prefix = r.get("region", "?") + ("" if layer == "all" else "_" + layer)
+        for k in ("t2_mean_ms", "t2_std_ms", "t2_median_ms", "n_voxels"):
+            if k in r:
+                row["%s_%s" % (prefix, k)] = r[k]
+    nsm = doc.get("nsm") or {}
+    for model_id, fit in nsm.items() if isinstance(nsm, dict) else []:
+        if isinstance(fit, dict):
+            for k in ("bscore", "assd_bone_mm", "assd_cartilage_mm", "iterations"):
+                if k in fit:
+                    row["%s_%s" % (model_id, k)] = fit[k]
+    return row
+
+
+def _write_csv(path: Path, row: Dict[str, Any]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(list(row))
+        w.writerow(["" if v is None else v for v in row.values()])
