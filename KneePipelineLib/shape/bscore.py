@@ -1,0 +1,90 @@
+"""B-score (REFERENCE §8): B = (z . b - mu) / sigma for a fitted NSM latent z.
+
+A B-score model folder holds ``model.json`` = {"bscore_vector": [...], "mean_healthy", "std_healthy"}.
+Its sha256 is checked against the registry's bscore_* entries; an unknown file still loads, with a
+warning recorded in :attr:`BScoreModel.registry_id` (None) and :attr:`BScoreModel.warnings`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..errors import ModelInvalidError, ModelMissingError, NsmError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BScoreModel:
+    vector: np.ndarray
+    mean_healthy: float
+    std_healthy: float
+    path: Optional[Path] = None
+    sha256: str = ""
+    registry_id: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.vector.shape[0])
+
+
+def _registry_hashes():
+    from ..registry import list_models
+
+    return {str(m.config.get("sha256")): m.id for m in list_models("bscore") if m.config.get("sha256")}
+
+
+def load_bscore_model(folder) -> BScoreModel:
+    folder = Path(folder)
+    path = folder / "model.json" if folder.is_dir() else folder
+    if not path.is_file():
+        raise ModelMissingError("B-score model file %s not found." % path,
+                                hint="Point --bscore-dir at a folder holding model.json (BSCORE_MODELS/<name>/).")
+    raw = path.read_bytes()
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        vec = np.asarray(obj["bscore_vector"], dtype=np.float64).reshape(-1)
+        mu, sd = float(obj["mean_healthy"]), float(obj["std_healthy"])
+    except KeyError as exc:
+        raise ModelInvalidError("%s lacks the key %s (needs bscore_vector, mean_healthy, std_healthy)." % (path, exc))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ModelInvalidError("%s is not a valid B-score model: %s" % (path, exc))
+    if vec.size == 0 or not np.all(np.isfinite(vec)) or not math.isfinite(mu) or not (math.isfinite(sd) and sd > 0):
+        raise ModelInvalidError("%s holds an empty or non-finite vector, or a non-positive std_healthy." % path)
+    digest = hashlib.sha256(raw).hexdigest()
+    rid = _registry_hashes().get(digest)
+    warns = []
+    if rid is None:
+        msg = ("B-score model %s (sha256 %s) is not one of the registered B-score models; results are not "
+               "comparable with the published B-score." % (path, digest[:12]))
+        log.warning(msg)
+        warns.append(msg)
+    return BScoreModel(vec, mu, sd, path, digest, rid, warns)
+
+
+def bscore(latent, model: BScoreModel) -> float:
+    """B-score of one latent; refuses a latent whose size differs from the B-score vector's."""
+    z = np.asarray(latent, dtype=np.float64).reshape(-1)
+    if z.size != model.latent_size:
+        raise NsmError("The B-score model has a %d-value vector but the NSM latent has %d values."
+                       % (model.latent_size, z.size),
+                       hint="Use the B-score model that belongs to this NSM (bone+cartilage <-> 647, bone only "
+                            "<-> 551).")
+    return float((z @ model.vector - model.mean_healthy) / model.std_healthy)
+
+
+def check_compatible(model: BScoreModel, latent_size: int) -> None:
+    """Refuse early (before a fit) a B-score model that cannot score this NSM's latents."""
+    if model.latent_size != int(latent_size):
+        raise NsmError("The B-score model's vector has %d values but the NSM latent size is %d."
+                       % (model.latent_size, latent_size),
+                       hint="Use the B-score model that belongs to this NSM (bone+cartilage <-> 647, bone only "
+                            "<-> 551).")
