@@ -117,15 +117,23 @@ def step_segmentation(ctx: RunContext) -> None:
 
 def step_morphometry(ctx: RunContext) -> None:
     from .io.readers import write_volume
-    from .morphometry import MeshSettings, analyze_labels, write_mesh
+    import numpy as np
+
+    from .errors import MissingStructuresError
     from . import labels as L
 
     o = ctx.options
     labels = ctx.data["labels"]
+    L.require(labels.array, [L.FEMUR], "cartilage thickness")
+    if not any(np.any(labels.array == c) for c in L.CARTILAGES):
+        raise MissingStructuresError("The label map has no cartilage (none of: %s)."
+                                     % ", ".join(L.TISSUES[c] for c in L.CARTILAGES))
     if "segmentation" not in ctx.manifest.steps or ctx.manifest.steps["segmentation"].get("status") != "complete":
         ctx.output("labels.nii.gz", "labelmap", lambda p: write_volume(labels, p), step="morphometry",
                    description="Input label map in canonical labels", coordinate_system="LPS",
                    labels={str(k): v for k, v in L.TISSUES.items()})
+    from .morphometry import MeshSettings, analyze_labels, write_mesh
+
     settings = MeshSettings(bone_smooth_var_mm2=o.bone_smooth_var_mm2,
                             cartilage_smooth_var_mm2=o.cartilage_smooth_var_mm2)
     res = analyze_labels(labels, settings, progress=ctx.progress.sub("morphometry"))

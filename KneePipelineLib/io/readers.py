@@ -29,9 +29,43 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _check_uncompressed_nifti_size(path: Path) -> None:
+    """SimpleITK zero-fills a truncated uncompressed NIfTI silently; compare the size with the header."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(540)
+    if len(head) < 348:
+        raise InputUnreadableError("%s is truncated (only %d bytes)." % (path.name, len(head)))
+    for endian in ("<", ">"):
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = struct.unpack(endian + "f", head[108:112])[0]
+            break
+        if sizeof_hdr == 540 and len(head) >= 540:
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        return
+    n = 1
+    for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+        n *= max(int(d), 1)
+    expected = int(offset) + n * max(int(bitpix), 8) // 8
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputUnreadableError("%s is truncated: %d bytes, the header needs %d." % (path.name, actual, expected),
+                                   hint="Copy or export the file again; the end of the file is missing.")
+
+
 def _read_file_sitk(path: Path):
     import SimpleITK as sitk
 
+    if path.name.lower().endswith(".nii"):
+        _check_uncompressed_nifti_size(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -47,10 +81,12 @@ def _read_dicom_folder(folder: Path, echo_policy: str = "rss"):
     if not series:
         raise DicomError("No DICOM files were found in %s." % folder.name,
                          hint="Point the pipeline at a folder holding one DICOM series (files may lack .dcm).")
+    if len(series) > 1:
+        raise DicomError("%s holds %d DICOM series (%s); which one to analyse is ambiguous."
+                         % (folder.name, len(series), ", ".join("%d files" % len(s.files) for s in series)),
+                         hint="Give the folder (or one file) of a single series.")
     chosen = series[0]
     notes = {}
-    if len(series) > 1:
-        notes["dicom_series_note"] = "%d series found; used the largest (%d files)" % (len(series), len(chosen.files))
     groups = dicom.group_by_echo(chosen.files)
     if len(groups) > 1:
         tes = sorted(groups)
