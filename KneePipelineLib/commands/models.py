@@ -1,0 +1,62 @@
+"""`kneepipeline models`: the model registry with each model's local state; downloads on request."""
+from __future__ import annotations
+
+import json
+import sys
+
+NAME = "models"
+HELP = "list the models (downloaded? verified? where?) and download them"
+
+
+def add_arguments(p):
+    p.add_argument("--download", metavar="ID", nargs="+", help="download these models (all: every hub model)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+    p.add_argument("--model-dir", help="check / use this local model folder instead of the cache")
+    p.add_argument("--cache-dir", help="model cache (default $KNEEPIPELINE_CACHE or ~/.cache/kneepipeline/hub)")
+    p.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds to fetch (default: the published ones)")
+    p.add_argument("--checkpoint", choices=("best", "final"), default="best")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+
+
+def _row(entry, args) -> dict:
+    from ..hub import default_cache_dir, model_state
+
+    state = model_state(entry, cache_dir=args.cache_dir, model_dir=args.model_dir, folds=args.folds,
+                        checkpoint=args.checkpoint)
+    src = entry.source
+    return {"id": entry.id, "name": entry.display_name, "kind": entry.kind, "backend": entry.backend,
+            "repo_id": src.repo_id if src else None, "revision": src.revision if src else None,
+            "gated": entry.gated, "size_bytes": src.size_bytes if src else None, "default": entry.default,
+            "cache_dir": str(args.cache_dir or default_cache_dir()), **state}
+
+
+def main(args, progress) -> int:
+    from ..hub import ensure_model
+    from ..registry import get_model, list_models
+
+    if args.download:
+        ids = [m.id for m in list_models() if m.source is not None] if args.download == ["all"] else args.download
+        entries = [get_model(i) for i in ids]
+        progress.set_steps([("download " + e.id, float((e.source.size_bytes if e.source else 0) or 1))
+                            for e in entries])
+        for e in entries:
+            path = ensure_model(e, model_dir=None, offline=args.offline, progress=progress.sub("download " + e.id),
+                                cache_dir=args.cache_dir, folds=args.folds, checkpoint=args.checkpoint)
+            sys.stderr.write("%s: %s\n" % (e.id, path))
+    rows = [_row(m, args) for m in list_models()]
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        out = sys.stderr if not args.download else sys.stderr
+        out.write("%-22s %-13s %-15s %-10s %-8s %s\n" % ("ID", "KIND", "BACKEND", "STATE", "VERIFIED", "PATH / SOURCE"))
+        for r in rows:
+            state = "present" if r["downloaded"] else ("gated" if r["gated"] else "absent")
+            ver = {True: "yes", False: "NO", None: "-"}[r["verified"]]
+            where = r["path"] or (r["repo_id"] or "(no download source)")
+            out.write("%-22s %-13s %-15s %-10s %-8s %s%s\n" % (r["id"] + ("*" if r["default"] else ""), r["kind"],
+                                                              r["backend"], state, ver, where,
+                                                              "" if r["path"] else (" (gated: needs a token)" if r["gated"] else "")))
+        out.write("* default segmentation model. Download: kneepipeline models --download ID\n")
+    if args.download:
+        progress.result(models=[r for r in rows if r["id"] in set(args.download) or args.download == ["all"]])
+    return 0

@@ -1,0 +1,54 @@
+"""`kneepipeline segment`: an MRI in, a canonical label map (the input's geometry) out."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ._common import add_model_args, options_from_args
+
+NAME = "segment"
+HELP = "segment a knee MRI with a registry model (writes OUT/segmentation.nii.gz)"
+DESCRIPTION = ("Segment a knee MRI (NIfTI, NRRD, DICOM folder or zip) with a model from `kneepipeline models`. "
+               "Writes OUT/segmentation.nii.gz (canonical labels, the input's exact geometry) and "
+               "OUT/segmentation.json (model provenance).")
+STEPS = [("read", 1.0), ("segment", 20.0), ("write", 1.0)]
+
+
+def add_arguments(p):
+    p.add_argument("--image", required=True, help="the knee MRI")
+    p.add_argument("--out", required=True, help="output folder")
+    add_model_args(p)
+
+
+def main(args, progress) -> int:
+    from .. import __version__
+    from ..errors import OutputUnwritableError
+    from ..io.readers import read_image, write_volume
+    from ..segmentation import segment
+
+    opts = options_from_args(args).validate()
+    out = Path(opts.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputUnwritableError("Cannot create the output folder %s: %s." % (out, exc.strerror)) from exc
+    progress.set_steps(STEPS)
+    progress.hello(NAME, __version__)
+    progress.step("read", 0.0, "reading %s" % opts.image)
+    image = read_image(opts.image, workdir=str(out))
+    progress.step("read", 1.0, "image %s voxels" % "x".join(map(str, image.shape_ijk)))
+    result = segment(image, opts, progress.sub("segment"))
+    progress.step("write", 0.0, "writing segmentation")
+    seg_path = out / "segmentation.nii.gz"
+    write_volume(result.labels, seg_path)
+    info = {"image": os.path.abspath(opts.image), "segmentation": seg_path.name, "model": result.model,
+            "options": opts.to_dict()}
+    tmp = out / ".tmp-segmentation.json"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, out / "segmentation.json")
+    progress.step("write", 1.0, "wrote %s" % seg_path)
+    progress.result(out_dir=str(out), segmentation=str(seg_path))
+    sys.stderr.write("Segmentation: %s\n" % seg_path)
+    return 0
