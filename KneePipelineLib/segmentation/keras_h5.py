@@ -677,3 +677,43 @@ def model_data_format(config: Dict[str, Any]) -> str:
         if df in ("channels_first", "channels_last"):
             return df
     return "channels_last"
+
+
+def save_keras_h5(path: str | Path, config: Dict[str, Any], weights: Dict[str, Dict[str, np.ndarray]],
+                  keras_version: str = "2.11.0") -> Path:
+    """Write a minimal Keras 2 full-model ``.h5`` (``model_config`` + ``model_weights``) with h5py.
+
+    ``weights``: layer name -> {short name: array in Keras layout}, in Keras's weight order. Used by the
+    tests and the benchmark to build small models in the published format without TensorFlow.
+    """
+    import h5py
+
+    path = Path(path)
+    with h5py.File(str(path), "w") as f:
+        f.attrs["keras_version"] = keras_version
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["model_config"] = json.dumps(config)
+        g = f.create_group("model_weights")
+        names = [l.get("name") or l["config"]["name"] for l in config["config"]["layers"]]
+        g.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for n in names:
+            lg = g.create_group(n)
+            ws = weights.get(n, {})
+            lg.attrs["weight_names"] = np.array([("%s/%s:0" % (n, k)).encode() for k in ws])
+            for k, v in ws.items():
+                lg.create_dataset("%s/%s:0" % (n, k), data=np.asarray(v, dtype=np.float32))
+    return path
+
+
+def layer_config(class_name: str, name: str, inbound: Sequence[str], **config: Any) -> Dict[str, Any]:
+    """One functional-API layer entry (Keras 2 form) for hand-built configs."""
+    config = dict(config, name=name)
+    nodes = [[[src, 0, 0, {}] for src in inbound]] if inbound else []
+    return {"class_name": class_name, "name": name, "config": config, "inbound_nodes": nodes}
+
+
+def model_config(layers: List[Dict[str, Any]], inputs: Sequence[str], outputs: Sequence[str],
+                 name: str = "model") -> Dict[str, Any]:
+    return {"class_name": "Functional", "config": {
+        "name": name, "layers": layers,
+        "input_layers": [[n, 0, 0] for n in inputs], "output_layers": [[n, 0, 0] for n in outputs]}}

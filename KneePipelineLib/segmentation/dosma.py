@@ -1,0 +1,379 @@
+"""DOSMA 2D U-Net inference (Keras ``.h5`` weights run on PyTorch), REFERENCE section 2.
+
+Procedure, for a model of plane P and input size (H, W) (read from the file's input shape, else the
+registry's ``config["size"]``):
+
+1. Reorient in *physical* space to the DOSMA orientation of P (``PLANE_ORIENTATION``; the DOSMA codes
+   name where an axis points to, e.g. ``"SI"`` = rows run superior -> inferior). The array axis closest to
+   each anatomical direction is found from the direction matrix (best of the 6 axis permutations by
+   summed |cosine|, so oblique scans work), then the array is transposed and flipped. Slices run along
+   the last axis (sagittal: LR, coronal: AP, axial: SI).
+2. Resize every slice to (H, W) with ``skimage.transform.resize(order=3)`` -- the reference's own call
+   (cubic spline, Gaussian anti-aliasing when shrinking, output clipped to the input range). skimage is
+   a pinned dependency; using it keeps the network's input identical to the reference rather than
+   "close" (scipy ``zoom`` differs in its anti-aliasing; torch bicubic is a different kernel).
+3. z-score with the whole resized volume's mean and std (eps 1e-8).
+4. Batched slice prediction (``options.batch_size``; default 4 on CPU, 16 on a GPU), softmax -> argmax.
+5. Back to the slice size with nearest neighbour (index of the half-pixel-centred source), undo the
+   reorientation, remap to canonical labels, largest component per label + bone hole filling.
+
+The output label Volume has exactly the input's array shape, spacing, origin and direction.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import GpuOutOfMemoryError, InvalidInputError, ModelInvalidError, SegmentationError
+from ..io.volume import Volume
+
+ProgressFn = Optional[Callable[..., None]]
+
+# DOSMA orientation codes (dosma.core.orientation): SAGITTAL, CORONAL, AXIAL. Last axis = slices.
+PLANE_ORIENTATION = {
+    "sagittal": ("SI", "AP", "LR"),
+    "coronal": ("SI", "LR", "AP"),
+    "axial": ("AP", "LR", "SI"),
+}
+# where each DOSMA code points, as an LPS unit vector
+_CODE_LPS = {
+    "LR": (-1.0, 0.0, 0.0), "RL": (1.0, 0.0, 0.0),
+    "AP": (0.0, 1.0, 0.0), "PA": (0.0, -1.0, 0.0),
+    "SI": (0.0, 0.0, -1.0), "IS": (0.0, 0.0, 1.0),
+}
+_ANATOMY = {"LR": "left-right", "RL": "left-right", "AP": "anterior-posterior", "PA": "anterior-posterior",
+            "SI": "superior-inferior", "IS": "superior-inferior"}
+
+# What the DOSMA / Goyal models were trained on (sagittal qDESS, ~0.3 mm in-plane, FOV ~140-160 mm).
+TRAINED = {"inplane_spacing_mm": (0.2, 0.6), "fov_mm": (110.0, 200.0), "slice_spacing_mm": (0.4, 1.6)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------------------
+def plane_orientation(entry_or_plane: Any) -> Tuple[str, str, str]:
+    """DOSMA orientation codes for a registry entry (``config["orientation"]`` overrides) or a plane name."""
+    if isinstance(entry_or_plane, str):
+        plane, cfg = entry_or_plane, {}
+    else:
+        plane, cfg = entry_or_plane.plane, dict(entry_or_plane.config or {})
+    if cfg.get("orientation"):
+        return tuple(cfg["orientation"])  # type: ignore[return-value]
+    if plane not in PLANE_ORIENTATION:
+        raise ModelInvalidError("2D model has no known plane (%r)." % (plane,),
+                                hint="Registry entries of 2D models need plane sagittal, coronal or axial.")
+    return PLANE_ORIENTATION[plane]
+
+
+def reorientation(direction: np.ndarray, orientation: Sequence[str]) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
+    """(perm, flips) such that ``np.transpose(arr, perm)`` flipped on ``flips`` is in ``orientation``.
+
+    ``arr`` is a Volume array (indexed [k, j, i]); array axis a follows direction column 2 - a.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    axis_dirs = [d[:, 2 - a] / np.linalg.norm(d[:, 2 - a]) for a in range(3)]
+    targets = [np.asarray(_CODE_LPS[c]) for c in orientation]
+    best, best_score = None, -1.0
+    for perm in itertools.permutations(range(3)):
+        score = sum(abs(float(np.dot(axis_dirs[perm[t]], targets[t]))) for t in range(3))
+        if score > best_score + 1e-9:
+            best, best_score = perm, score
+    assert best is not None
+    flips = tuple(float(np.dot(axis_dirs[best[t]], targets[t])) < 0 for t in range(3))
+    return tuple(best), flips  # type: ignore[return-value]
+
+
+def to_plane(arr: np.ndarray, perm, flips) -> np.ndarray:
+    out = np.transpose(arr, perm)
+    for ax, f in enumerate(flips):
+        if f:
+            out = np.flip(out, axis=ax)
+    return out
+
+
+def from_plane(arr: np.ndarray, perm, flips) -> np.ndarray:
+    """Inverse of :func:`to_plane` (works on extra leading axes too: the last 3 axes are spatial)."""
+    lead = arr.ndim - 3
+    for ax, f in enumerate(flips):
+        if f:
+            arr = np.flip(arr, axis=lead + ax)
+    inv = np.argsort(perm)
+    return np.transpose(arr, tuple(range(lead)) + tuple(lead + int(i) for i in inv))
+
+
+def plane_spacing(image: Volume, perm) -> np.ndarray:
+    """Spacing (mm) along the reoriented axes (rows, cols, slices)."""
+    arr_spacing = image.spacing_mm[::-1]  # array axis a <-> spacing of index axis 2 - a
+    return np.array([arr_spacing[p] for p in perm], dtype=float)
+
+
+def geometry_warnings(image: Volume, orientation: Sequence[str], perm) -> List[str]:
+    """Warnings when the field of view or spacing is far from the training data."""
+    msgs = []
+    sp = plane_spacing(image, perm)
+    shape = to_plane(image.array, perm, (False, False, False)).shape
+    lo, hi = TRAINED["inplane_spacing_mm"]
+    flo, fhi = TRAINED["fov_mm"]
+    for ax in range(3):
+        code = orientation[ax]
+        if code in ("LR", "RL"):
+            slo, shi = TRAINED["slice_spacing_mm"]
+            if not slo <= sp[ax] <= shi:
+                msgs.append("The %s spacing is %.2f mm; the 2D U-Nets were trained on ~0.7 mm sagittal slices "
+                            "(expected %.1f-%.1f mm): results may be poor." % (_ANATOMY[code], sp[ax], slo, shi))
+            continue
+        fov = sp[ax] * shape[ax]
+        if not lo <= sp[ax] <= hi:
+            msgs.append("The %s spacing is %.2f mm; the 2D U-Nets were trained on ~0.3 mm in-plane images "
+                        "(expected %.1f-%.1f mm): results may be poor." % (_ANATOMY[code], sp[ax], lo, hi))
+        if not flo <= fov <= fhi:
+            msgs.append("The %s field of view is %.0f mm; the 2D U-Nets were trained on ~140-160 mm "
+                        "(expected %.0f-%.0f mm) and do not normalise spacing: results may be poor."
+                        % (_ANATOMY[code], fov, flo, fhi))
+    return msgs
+
+
+# ----------------------------------------------------------------------------------------------------
+# resizing
+# ----------------------------------------------------------------------------------------------------
+def resize_slices_cubic(stack: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(S, h, w) -> (S, H, W) float32 with the reference's ``skimage.transform.resize(order=3)``."""
+    from skimage.transform import resize
+
+    out = np.empty((stack.shape[0],) + tuple(size), dtype=np.float32)
+    for s in range(stack.shape[0]):
+        out[s] = resize(stack[s].astype(np.float64, copy=False), size, order=3)  # anti_aliasing: auto
+    return out
+
+
+def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each output pixel for a half-pixel-centred nearest-neighbour resize."""
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def resize_slices_nearest(stack: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(S, H, W) -> (S, h, w) nearest neighbour (labels)."""
+    r = nearest_indices(size[0], stack.shape[1])
+    c = nearest_indices(size[1], stack.shape[2])
+    return stack[:, r][:, :, c]
+
+
+def zscore(vol: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    v = vol.astype(np.float64)
+    mean, std = float(v.mean()), float(v.std())
+    return ((vol - mean) / (std + eps)).astype(np.float32)
+
+
+def root_sum_of_squares(echoes: Any) -> Any:
+    """qDESS two-echo image -> sqrt(E1^2 + E2^2).
+
+    ``echoes``: a sequence of Volumes with one geometry (returns a Volume), or an array whose *first*
+    axis is the echo (returns an array). DICOM series with two echoes are already combined this way by
+    :func:`KneePipelineLib.io.readers.read_image`.
+    """
+    if isinstance(echoes, np.ndarray):
+        a = echoes.astype(np.float64)
+        return np.sqrt(np.sum(a * a, axis=0)).astype(np.float32)
+    vols = list(echoes)
+    if not vols:
+        raise InvalidInputError("No echo images given.")
+    for v in vols[1:]:
+        if not vols[0].same_geometry(v):
+            raise InvalidInputError("The echo images do not share one geometry.",
+                                    hint="Give the echoes of one qDESS series.")
+    arr = root_sum_of_squares(np.stack([v.array for v in vols]))
+    out = vols[0].with_array(arr)
+    out.metadata["echo_combination"] = "root-sum-of-squares of %d echoes" % len(vols)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# network
+# ----------------------------------------------------------------------------------------------------
+def model_file(entry: Any, model_path: Path) -> Path:
+    p = Path(model_path)
+    if p.is_dir():
+        name = (entry.config or {}).get("file")
+        cand = p / name if name else None
+        if cand is None or not cand.is_file():
+            found = sorted(p.glob("*.h5"))
+            if cand is None and len(found) == 1:
+                return found[0]
+            raise ModelInvalidError("Model file %s not found in %s." % (name or "*.h5", p),
+                                    hint="Download the model again or point --model-dir at the folder holding it.")
+        return cand
+    return p
+
+
+def model_input_size(net: Any, entry: Any) -> Tuple[int, int]:
+    shape = net.input_shapes[0] if getattr(net, "input_shapes", None) else None
+    if shape is not None and len(shape) == 4:
+        hw = shape[2:4] if net.data_format == "channels_first" else shape[1:3]
+        if all(v is not None for v in hw):
+            return int(hw[0]), int(hw[1])
+    size = (entry.config or {}).get("size")
+    if not size:
+        raise ModelInvalidError("The model %s has no fixed input size." % entry.id,
+                                hint="Add config['size'] = [H, W] to its registry entry.")
+    return int(size[0]), int(size[1])
+
+
+def _report(progress: ProgressFn, fraction: float, message: str = "") -> None:
+    if progress is not None:
+        progress(float(fraction), message)
+
+
+def predict_slices(net: Any, slices: np.ndarray, batch_size: int, device: Any, progress: ProgressFn = None,
+                   lo: float = 0.0, hi: float = 1.0, keep_probabilities: bool = False) -> np.ndarray:
+    """(S, H, W) normalised slices -> labels (S, H, W) uint8, or probabilities (S, C, H, W) float16."""
+    import torch
+
+    channels_first = net.data_format == "channels_first"
+    out = None
+    n = slices.shape[0]
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(device)
+            x = x.unsqueeze(1) if channels_first else x.unsqueeze(-1)
+            y = net(x)
+            if not channels_first:
+                y = y.permute(0, 3, 1, 2)
+            if keep_probabilities:
+                part = y.float().cpu().numpy().astype(np.float16)
+                if out is None:
+                    out = np.empty((n,) + part.shape[1:], dtype=np.float16)
+            else:
+                part = torch.argmax(y, dim=1).to(torch.uint8).cpu().numpy()
+                if out is None:
+                    out = np.empty((n,) + part.shape[1:], dtype=np.uint8)
+            out[start:start + part.shape[0]] = part
+            _report(progress, lo + (hi - lo) * min(start + batch_size, n) / n,
+                    "slices %d/%d" % (min(start + batch_size, n), n))
+    return out
+
+
+def default_batch_size(options: Any, device: Any) -> int:
+    b = getattr(options, "batch_size", None)
+    if b:
+        return max(1, int(b))
+    return 16 if getattr(device, "type", "cpu") == "cuda" else 4
+
+
+def _load(path: Path, device: Any):
+    from .keras_h5 import load_keras_model
+
+    return load_keras_model(path, device=device)
+
+
+def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progress: ProgressFn = None,
+              probabilities: bool = False) -> Dict[str, Any]:
+    """Run one 2D model over ``image``. Returns a dict with ``labels`` (k, j, i uint8, model numbering,
+    before post-processing) or ``probabilities`` (C, k, j, i float16, bilinear back to the slice grid),
+    plus ``info`` (what ran) and ``warnings``."""
+    import torch
+
+    from .nnunet import select_device
+
+    if image.array.ndim != 3:
+        raise SegmentationError("2D U-Net segmentation needs a 3D image; got shape %s." % (image.array.shape,),
+                                hint="Multi-echo qDESS: combine the echoes (root-sum-of-squares) first.")
+    t0 = time.time()
+    path = model_file(entry, model_path)
+    device = select_device(getattr(options, "device", "auto"))
+    _report(progress, 0.0, "loading %s" % path.name)
+    net = _load(path, device)
+    size = model_input_size(net, entry)
+    orientation = plane_orientation(entry)
+    perm, flips = reorientation(image.direction, orientation)
+    warnings = geometry_warnings(image, orientation, perm)
+    vol = to_plane(np.asarray(image.array, dtype=np.float32), perm, flips)      # (rows, cols, slices)
+    stack = np.moveaxis(vol, -1, 0)                                              # (slices, rows, cols)
+    slice_shape = stack.shape[1:]
+    _report(progress, 0.05, "resizing %d slices to %dx%d" % (stack.shape[0], size[0], size[1]))
+    x = zscore(resize_slices_cubic(stack, size))
+    batch = default_batch_size(options, device)
+    try:
+        pred = predict_slices(net, x, batch, device, progress, 0.15, 0.9, keep_probabilities=probabilities)
+    except Exception as exc:  # classify GPU OOM by type
+        oom = getattr(torch.cuda, "OutOfMemoryError", None)
+        if oom is not None and isinstance(exc, oom) and device.type == "cuda":
+            if not getattr(options, "cpu_fallback", True):
+                raise GpuOutOfMemoryError("The GPU ran out of memory running %s." % entry.id,
+                                          hint="Lower --batch-size, or allow the CPU fallback.") from exc
+            torch.cuda.empty_cache()
+            warnings.append("GPU out of memory; %s ran on the CPU instead." % entry.id)
+            device = torch.device("cpu")
+            net = net.to(device)
+            pred = predict_slices(net, x, batch, device, progress, 0.15, 0.9, keep_probabilities=probabilities)
+        else:
+            raise
+    del x
+    info = {"id": entry.id, "backend": "keras_unet", "plane": entry.plane, "file": path.name,
+            "orientation": list(orientation), "model_input_size": list(size), "device": str(device),
+            "batch_size": batch, "keras_version": getattr(net, "keras_info", {}).get("keras_version"),
+            "data_format": net.data_format,
+            "resize": "skimage.transform.resize order=3 (anti-aliased when shrinking); back: "
+                      + ("bilinear probabilities" if probabilities else "nearest labels")}
+    out: Dict[str, Any] = {"info": info, "warnings": warnings}
+    if probabilities:
+        out["probabilities"] = _probabilities_to_input(pred, slice_shape, perm, flips, device)
+    else:
+        lab = resize_slices_nearest(pred, slice_shape)                  # (slices, rows, cols)
+        out["labels"] = np.ascontiguousarray(from_plane(np.moveaxis(lab, 0, -1), perm, flips))
+    info["seconds"] = round(time.time() - t0, 2)
+    _report(progress, 0.95, "predicted %s" % entry.id)
+    return out
+
+
+def _probabilities_to_input(pred: np.ndarray, slice_shape, perm, flips, device) -> np.ndarray:
+    """(S, C, H, W) float16 -> (C, k, j, i) float16 in the input array order (bilinear, half-pixel)."""
+    import torch
+    import torch.nn.functional as F
+
+    S, C = pred.shape[:2]
+    res = np.empty((C, S) + tuple(slice_shape), dtype=np.float16)
+    with torch.inference_mode():
+        for s0 in range(0, S, 8):
+            p = torch.from_numpy(pred[s0:s0 + 8].astype(np.float32))
+            q = F.interpolate(p, size=tuple(slice_shape), mode="bilinear", align_corners=False)
+            res[:, s0:s0 + q.shape[0]] = q.permute(1, 0, 2, 3).numpy().astype(np.float16)
+    # (C, slices, rows, cols) -> (C, rows, cols, slices) -> input order
+    res = np.moveaxis(res, 1, -1)
+    return np.ascontiguousarray(from_plane(res, perm, flips))
+
+
+def canonical(labels: np.ndarray, entry: Any) -> np.ndarray:
+    from ..labels import CONVENTIONS
+
+    conv = CONVENTIONS.get(getattr(entry, "label_convention", "dosma") or "dosma", CONVENTIONS["dosma"])
+    lut = np.arange(256, dtype=np.uint8)
+    for src, dst in conv.items():
+        lut[src] = dst
+    return lut[labels]
+
+
+def postprocess_labels(labels: np.ndarray) -> np.ndarray:
+    from .postprocess import postprocess
+
+    return postprocess(labels)
+
+
+def predict_dosma(image: Volume, entry: Any, model_path: Path, options: Any, progress: ProgressFn = None):
+    """Segment ``image`` with one DOSMA 2D U-Net; labels in the input's exact geometry."""
+    from . import SegmentationResult
+
+    out = run_plane(image, entry, model_path, options, progress)
+    labels = canonical(out["labels"], entry)
+    if getattr(options, "postprocess", True):
+        _report(progress, 0.96, "largest component per label, bone hole filling")
+        labels = postprocess_labels(labels)
+    info = dict(out["info"])
+    info["warnings"] = list(out["warnings"])
+    info["postprocess"] = bool(getattr(options, "postprocess", True))
+    _report(progress, 1.0, "segmented with %s" % entry.id)
+    return SegmentationResult(labels=image.with_array(labels.astype(np.uint8)), model=info)
