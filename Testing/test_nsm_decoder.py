@@ -173,3 +173,22 @@ def test_missing_folder_parts(tmp_path):
     (tmp_path / "model_params_config.json").write_text(json.dumps(SMALL))
     with pytest.raises(ModelMissingError):
         load_nsm(tmp_path, device="cpu")
+
+
+def test_bone_cartilage_model_needs_cartilage(tmp_path):
+    from KneePipelineLib.errors import NsmError
+    from KneePipelineLib.shape.meshing import polydata_from_arrays
+
+    model = load_nsm(write_model(tmp_path / "m", SMALL, published_state_dict(SMALL)), device="cpu")
+    bone = polydata_from_arrays(np.random.default_rng(0).normal(size=(200, 3)), np.arange(600).reshape(-1, 3) % 200)
+    with pytest.raises(NsmError) as e:
+        model.fit(bone, None)
+    assert "cartilage" in e.value.message
+
+
+def test_wrong_latent_size_for_sdf(tmp_path):
+    from KneePipelineLib.errors import NsmError
+
+    model = load_nsm(write_model(tmp_path / "m", SMALL, published_state_dict(SMALL)), device="cpu")
+    with pytest.raises(NsmError):
+        model.sdf(np.zeros(9), np.zeros((3, 3)))

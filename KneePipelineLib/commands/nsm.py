@@ -1,0 +1,137 @@
+"""``kneepipeline nsm``: fit the neural shape model to a femur, write nsm.json, the meshes and the B-score."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+NAME = "nsm"
+HELP = "fit the femur neural shape model (NSM) to a femur mesh and compute the B-score"
+DESCRIPTION = (HELP + ". Writes nsm.json (strict JSON: latent, bscore, transform, ASSD, iterations, seconds) and "
+               "nsm_<object>.vtp meshes in patient mm (LPS).")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--femur", metavar="FEMUR", help="femur surface mesh (.vtk/.vtp, LPS mm)")
+    p.add_argument("--cartilage", metavar="CART", help="femoral cartilage mesh (needed by bone+cartilage models)")
+    p.add_argument("--labels", metavar="LABELS", help="label map to mesh the femur and its cartilage from")
+    p.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
+    p.add_argument("--nsm-dir", required=True, metavar="DIR", help="NSM folder (model_params_config.json, model/)")
+    p.add_argument("--bscore-dir", metavar="DIR", help="B-score model folder (model.json)")
+    p.add_argument("--laterality", choices=["right", "left", "auto"], default="auto",
+                   help="knee side; auto needs --labels (default %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-seeds", type=int, default=1, help="average the latents of this many seeded fits")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--samples", type=int, default=10000, help="vertices drawn per surface per step")
+    p.add_argument("--patience", type=int, default=50)
+    p.add_argument("--mesh-resolution", type=int, default=256)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def meshes_from_labels(labels_path, convention: str):
+    """(femur, femoral cartilage, laterality) meshes from a label map, via the morphometry code."""
+    import dataclasses
+
+    import numpy as np
+
+    from .. import labels as L
+    from ..io import read_labels
+    from ..morphometry.mesh import mesh_from_mask
+
+    vol = read_labels(labels_path)
+    arr = L.remap(vol.array, L.load_convention(convention), convention)
+    L.require(arr, [L.FEMUR], "the shape model")
+    geo = dataclasses.replace(vol, array=arr)
+    femur = mesh_from_mask(arr == L.FEMUR, geo, 0.5)
+    cart = mesh_from_mask(arr == L.FEMORAL_CARTILAGE, geo, 0.3125) if np.any(arr == L.FEMORAL_CARTILAGE) else None
+    try:
+        side = L.detect_laterality(geo).side
+    except Exception:  # noqa: BLE001 - laterality is only needed for 'auto'
+        side = None
+    return femur, cart, side
+
+
+def reconstructed_thickness(bone_pd, cartilage_pd):
+    """Cartilage thickness (mm, NaN = miss) on the reconstructed femur, with the morphometry ray caster."""
+    from ..morphometry.raycast import thickness_on_surface
+
+    thickness, _ = thickness_on_surface(bone_pd, cartilage_pd)
+    return thickness
+
+
+def main(args, progress) -> int:
+    import numpy as np
+
+    from .. import __version__
+    from ..errors import ConfigurationError, OutputUnwritableError
+    from ..morphometry.mesh import read_mesh, set_point_array, write_mesh
+    from ..shape import load_nsm
+    from ..shape.bscore import bscore, check_compatible, load_bscore_model
+
+    progress.set_steps([("load", 1), ("fit", 20), ("write", 1)])
+    progress.hello(NAME, __version__)
+    if args.threads:
+        import torch
+        torch.set_num_threads(int(args.threads))
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputUnwritableError("Cannot create %s: %s" % (out, exc))
+    progress.step("load", 0.0, "reading inputs")
+    side = None
+    cart = None
+    if args.labels:
+        femur, cart, side = meshes_from_labels(args.labels, args.label_convention)
+    elif args.femur:
+        femur = read_mesh(args.femur)
+    else:
+        raise ConfigurationError("Give --femur FEMUR.vtk or --labels LABELS.")
+    if args.cartilage:
+        cart = read_mesh(args.cartilage)
+    laterality = args.laterality
+    if laterality == "auto":
+        if side is None:
+            raise ConfigurationError("--laterality auto needs --labels (to tell left from right).",
+                                     hint="Give --laterality right or left for a mesh input.")
+        laterality = side
+    model = load_nsm(args.nsm_dir, device=args.device)
+    bmodel = None
+    if args.bscore_dir:
+        bmodel = load_bscore_model(args.bscore_dir)
+        check_compatible(bmodel, model.latent_size)
+        for w in bmodel.warnings:
+            progress.warning(w)
+    progress.step("load", 1.0, "model loaded")
+    fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=laterality, seed=args.seed,
+                    iterations=args.iterations, samples=args.samples, patience=args.patience, n_seeds=args.n_seeds,
+                    progress=progress.sub("fit"), mesh_resolution=args.mesh_resolution, warn=progress.warning)
+    progress.step("write", 0.0, "writing")
+    result = fit.to_json()
+    result["model_dir"] = str(args.nsm_dir)
+    result["object_names"] = list(model.object_names)
+    result["bscore"] = bscore(fit.latent, bmodel) if bmodel else None
+    if bmodel:
+        result["bscore_model"] = {"path": str(bmodel.path), "sha256": bmodel.sha256, "registry_id": bmodel.registry_id}
+    names = model.object_names
+    if len(names) >= 2:
+        th = reconstructed_thickness(fit.meshes[names[0]], fit.meshes[names[1]])
+        set_point_array(fit.meshes[names[0]], "thickness_mm", th)
+        ok = np.isfinite(th)
+        result["reconstructed_thickness_mm"] = {"mean": float(np.mean(th[ok])) if ok.any() else None,
+                                                "coverage": float(ok.mean())}
+    files = {}
+    for name, pd in fit.meshes.items():
+        files[name] = str(write_mesh(pd, out / ("nsm_%s.vtp" % name)).name)
+    result["meshes"] = files
+    fd, tmp = tempfile.mkstemp(prefix=".nsm.json.", dir=str(out))
+    with os.fdopen(fd, "w") as fh:
+        json.dump(result, fh, indent=2, allow_nan=False)
+    os.replace(tmp, out / "nsm.json")
+    progress.step("write", 1.0, "done")
+    progress.emit("result", status="complete", out_dir=str(out), manifest=None)
+    return 0
