@@ -1,0 +1,236 @@
+"""Surface meshes from binary masks, in physical LPS mm, deterministic; mesh helpers and writers.
+
+A mask is smoothed with a Gaussian whose variance is given in mm² (sigma per array axis =
+sqrt(var) / spacing of that axis, so the smoothing is physical and isotropic whatever the voxel size),
+contoured at 0.5 with flying edges in *index* space, and the points are then mapped to LPS with the
+volume's full affine (origin + direction · spacing). Faces are oriented so normals point outward even
+when the direction matrix has a negative determinant. No random clustering, no threads that change
+the result: the same mask gives the same mesh, bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import InvalidInputError, OutputUnwritableError
+
+
+# -- numpy <-> vtk ------------------------------------------------------------------------------
+def polydata_arrays(poly) -> Tuple[np.ndarray, np.ndarray]:
+    """(points (n,3) float64, triangles (m,3) int64) of a triangle-only vtkPolyData."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    pts = vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64) if poly.GetNumberOfPoints() else np.zeros((0, 3))
+    polys = poly.GetPolys()
+    if polys is None or polys.GetNumberOfCells() == 0:
+        return pts, np.zeros((0, 3), dtype=np.int64)
+    conn = vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64)
+    offs = vtk_to_numpy(polys.GetOffsetsArray()).astype(np.int64)
+    if not np.all(np.diff(offs) == 3):
+        raise InvalidInputError("The mesh has non-triangle cells.", hint="Triangulate it first (vtkTriangleFilter).")
+    return pts, conn.reshape(-1, 3)
+
+
+def make_polydata(points: np.ndarray, triangles: np.ndarray, normals: Optional[np.ndarray] = None):
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+
+    poly = vtk.vtkPolyData()
+    vpts = vtk.vtkPoints()
+    vpts.SetData(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True))
+    poly.SetPoints(vpts)
+    tris = np.ascontiguousarray(triangles, dtype=np.int64)
+    cells = vtk.vtkCellArray()
+    offsets = np.arange(0, 3 * len(tris) + 1, 3, dtype=np.int64)
+    cells.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True), numpy_to_vtkIdTypeArray(tris.ravel(), deep=True))
+    poly.SetPolys(cells)
+    if normals is not None:
+        arr = numpy_to_vtk(np.ascontiguousarray(normals, dtype=np.float32), deep=True)
+        arr.SetName("Normals")
+        poly.GetPointData().SetNormals(arr)
+    return poly
+
+
+def set_point_array(poly, name: str, values: np.ndarray) -> None:
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    arr = numpy_to_vtk(np.ascontiguousarray(values), deep=True)
+    arr.SetName(name)
+    poly.GetPointData().AddArray(arr)
+
+
+def get_point_array(poly, name: str) -> Optional[np.ndarray]:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    arr = poly.GetPointData().GetArray(name)
+    return None if arr is None else vtk_to_numpy(arr)
+
+
+# -- geometry on triangle meshes ----------------------------------------------------------------
+def face_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Un-normalised face normals (length = 2 × triangle area)."""
+    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    return np.cross(b - a, c - a)
+
+
+def vertex_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals."""
+    fn = face_normals(points, triangles)
+    vn = np.zeros_like(points)
+    for c in range(3):
+        np.add.at(vn, triangles[:, c], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return vn / np.where(norm > 0, norm, 1.0)
+
+
+def vertex_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area per vertex: one third of the area of each adjacent triangle (mm²); sums to the mesh area."""
+    area = 0.5 * np.linalg.norm(face_normals(points, triangles), axis=1)
+    out = np.zeros(len(points))
+    for c in range(3):
+        out += np.bincount(triangles[:, c], weights=area / 3.0, minlength=len(points))
+    return out
+
+
+def signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
+    """Enclosed volume (mm³) of a closed mesh; positive when normals point outward."""
+    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+# -- meshing ------------------------------------------------------------------------------------
+def _bbox(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    sl = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        nz = np.flatnonzero(mask.any(axis=other))
+        if len(nz) == 0:
+            return None
+        sl.append((int(nz[0]), int(nz[-1]) + 1))
+    return tuple(sl)
+
+
+def smoothed_crop(mask: np.ndarray, spacing_mm: np.ndarray, smooth_var_mm2: float):
+    """Crop a boolean [k,j,i] mask to its bounding box plus a margin, zero-pad and Gaussian-smooth it.
+
+    Returns (field float32, offset_kji) where field[0,0,0] is voxel ``offset_kji`` of the input; the
+    margin is wide enough (4 sigma + 2 voxels) that the 0.5 level set is closed inside the crop.
+    """
+    from scipy import ndimage
+
+    box = _bbox(mask)
+    if box is None:
+        return None, None
+    spacing_kji = np.asarray(spacing_mm, dtype=float)[::-1]
+    sigma_kji = (np.sqrt(smooth_var_mm2) / spacing_kji) if smooth_var_mm2 > 0 else np.zeros(3)
+    margin = np.ceil(4.0 * sigma_kji).astype(int) + 2
+    lo = np.array([b[0] for b in box]) - margin
+    hi = np.array([b[1] for b in box]) + margin
+    src_lo = np.maximum(lo, 0)
+    src_hi = np.minimum(hi, mask.shape)
+    field = np.zeros(tuple(hi - lo), dtype=np.float32)
+    dst = tuple(slice(int(a - l), int(b - l)) for a, b, l in zip(src_lo, src_hi, lo))
+    field[dst] = mask[tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))]
+    if smooth_var_mm2 > 0:
+        field = ndimage.gaussian_filter(field, sigma=sigma_kji, mode="constant", cval=0.0, truncate=4.0)
+    return field, lo
+
+
+def mesh_from_field(field: np.ndarray, offset_kji: np.ndarray, volume_geometry, level: float = 0.5):
+    """Contour a float [k,j,i] field at ``level``; points in LPS mm, outward (toward lower values) normals."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    nk, nj, ni = field.shape
+    img = vtk.vtkImageData()
+    img.SetDimensions(ni, nj, nk)
+    img.SetOrigin(0.0, 0.0, 0.0)
+    img.SetSpacing(1.0, 1.0, 1.0)
+    scal = numpy_to_vtk(np.ascontiguousarray(field).ravel(), deep=True)
+    scal.SetName("f")
+    img.GetPointData().SetScalars(scal)
+    fe = vtk.vtkFlyingEdges3D()
+    fe.SetInputData(img)
+    fe.SetValue(0, level)
+    fe.ComputeNormalsOff()
+    fe.ComputeGradientsOff()
+    fe.ComputeScalarsOff()
+    fe.InterpolateAttributesOff()
+    fe.Update()
+    out = fe.GetOutput()
+    pts_ijk, tris = polydata_arrays(out)
+    if len(tris) == 0:
+        return make_polydata(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
+    # drop unused points (flying edges does not emit any, but stay safe) - keep order deterministic
+    ijk = pts_ijk + np.asarray(offset_kji, dtype=float)[::-1]
+    pts = volume_geometry.ijk_to_lps(ijk)
+    if signed_volume(pts, tris) < 0:
+        tris = tris[:, [0, 2, 1]]
+    return make_polydata(pts, tris, vertex_normals(pts, tris))
+
+
+def mesh_from_mask(mask: np.ndarray, volume_geometry, smooth_var_mm2: float):
+    """Closed triangle mesh of a boolean [k,j,i] mask, in LPS mm with outward normals.
+
+    ``volume_geometry`` is a :class:`~KneePipelineLib.io.Volume` whose spacing/origin/direction place
+    the mask (its array is not used). Gaussian variance in mm²; contour at 0.5.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != volume_geometry.array.shape:
+        raise InvalidInputError("Mask shape %s does not match the volume %s." % (mask.shape, volume_geometry.array.shape))
+    field, offset = smoothed_crop(mask, volume_geometry.spacing_mm, smooth_var_mm2)
+    if field is None:
+        raise InvalidInputError("Cannot mesh an empty mask.")
+    return mesh_from_field(field, offset, volume_geometry)
+
+
+# -- writing ------------------------------------------------------------------------------------
+def write_mesh(poly, path, fmt: str = "vtp") -> Path:
+    """Write binary VTP (default) or legacy binary VTK, atomically (temp file in the folder, then rename)."""
+    import vtk
+
+    path = Path(path)
+    fmt = fmt.lower().lstrip(".")
+    if fmt == "vtp":
+        writer = vtk.vtkXMLPolyDataWriter()
+        writer.SetDataModeToBinary()
+        writer.SetCompressorTypeToZLib()
+    elif fmt == "vtk":
+        writer = vtk.vtkPolyDataWriter()
+        writer.SetFileTypeToBinary()
+        if hasattr(writer, "SetFileVersion"):
+            writer.SetFileVersion(42)  # readable by older VTK / Slicer builds
+    else:
+        raise InvalidInputError("Unknown mesh format %r." % fmt, hint="Use vtp or vtk.")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(folder))
+        os.close(fd)
+    except OSError as exc:
+        raise OutputUnwritableError("Cannot write %s: %s" % (path, exc)) from exc
+    try:
+        writer.SetFileName(tmp)
+        writer.SetInputData(poly)
+        if writer.Write() != 1:
+            raise OutputUnwritableError("Writing the mesh %s failed." % path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_mesh(path):
+    """Read a VTP or legacy VTK polydata file."""
+    import vtk
+
+    path = Path(path)
+    reader = vtk.vtkXMLPolyDataReader() if path.suffix.lower() == ".vtp" else vtk.vtkPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    return reader.GetOutput()
