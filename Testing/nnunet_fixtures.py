@@ -95,7 +95,7 @@ def _network_weights(plans: dict, configuration: str, ds: dict, seed: int) -> di
         for name, p in net.named_parameters():
             if "seg_layers" in name:
                 p.mul_(8.0)
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return net.state_dict()  # as nnunetv2 saves it (decoder.encoder.* shares the encoder's tensors)
 
 
 def build_results_folder(root: Path, configurations: Sequence[str] = ("3d_fullres",), folds: Iterable = (1,),

@@ -23,11 +23,20 @@ from KneePipelineLib.segmentation.nnunet import predict_nnunet  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread_private_cache(tmp_path_factory):
+    """One torch thread (shared CI cores) and a model cache (sha256 memo) inside tmp."""
+    import os
+
     old = torch.get_num_threads()
+    old_cache = os.environ.get("KNEEPIPELINE_CACHE")
     torch.set_num_threads(1)
+    os.environ["KNEEPIPELINE_CACHE"] = str(tmp_path_factory.mktemp("kp_cache"))
     yield
     torch.set_num_threads(old)
+    if old_cache is None:
+        os.environ.pop("KNEEPIPELINE_CACHE", None)
+    else:
+        os.environ["KNEEPIPELINE_CACHE"] = old_cache
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +175,23 @@ def test_model_dir_layout_errors(model_root, image_file, tmp_path):
     ck.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelInvalidError):
         segment(image, opts)
+
+
+def test_plans_with_a_nibabel_reader_match_nnunetv2(tmp_path, image_file):
+    """Plans naming another reader (here NibabelIOWithReorient, which reorients to RAS) keep its axis
+    conventions: labels identical to nnunetv2's own predictor, on the input's grid."""
+    pytest.importorskip("nibabel")
+    import SimpleITK as sitk
+    from nnunet_fixtures import plans_json
+
+    plans = plans_json()
+    plans["image_reader_writer"] = "NibabelIOWithReorient"
+    root = build_results_folder(tmp_path / "m", ("3d_fullres",), plans=plans, seed=3)
+    image = read_image(image_file)
+    opts = RunOptions(out_dir=str(tmp_path), image="x", device="cpu", postprocess=False, model_dir=str(root))
+    ours = predict_nnunet(image, get_model("nnunet_fullres"), root, opts)
+    ref = _nnunet_reference(root, "3d_fullres", image_file, tmp_path / "ref", (1,), "checkpoint_best.pth", False)
+    ref_arr = sitk.GetArrayFromImage(ref)
+    assert len(np.unique(ref_arr)) >= 3
+    np.testing.assert_array_equal(ours.labels.array, ref_arr)
+    _assert_same_geometry_as_image(ours.labels, image)
