@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -287,7 +288,9 @@ def _hub_error(exc: BaseException, entry: ModelEntry, offline: bool) -> Exceptio
             return ModelGatedError("The hub refused access to %s (HTTP %s)." % (repo, status))
         return ModelMissingError("The Hugging Face hub answered with an error for %s (HTTP %s)." % (repo, status),
                                  hint="Try again later. " + download_hint)
-    if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+    transport = tuple(t for t in (getattr(sys.modules.get(m), "TransportError", None) for m in ("httpx2", "httpx"))
+                      if isinstance(t, type))
+    if isinstance(exc, (ConnectionError, TimeoutError) + transport):
         return ModelMissingError("Model %s could not be downloaded: network error (%s)." % (entry.id, type(exc).__name__),
                                  hint="Check the internet connection / proxy. " + download_hint)
     if isinstance(exc, OSError):
