@@ -83,6 +83,7 @@ def _referenced(html_text):
 
 
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
 def test_report_images_exist_are_png_and_not_blank(real_run):
     out, manifest, html_path, cpu_s = real_run
     rep = out / "report"
@@ -96,6 +97,7 @@ def test_report_images_exist_are_png_and_not_blank(real_run):
     assert cpu_s < 30, "report took %.1f CPU s" % cpu_s
 
 
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
 def test_html_references_only_existing_files_and_manifest_lists_them(real_run):
     out, manifest, html_path, _ = real_run
     text = html_path.read_text(encoding="utf-8")
@@ -113,6 +115,7 @@ def test_html_references_only_existing_files_and_manifest_lists_them(real_run):
         assert (out / p).is_file(), p
 
 
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
 def test_colour_bar_range_matches_the_thickness_data(real_run):
     out, manifest, html_path, _ = real_run
     th = _bone_thickness(out)
@@ -128,35 +131,36 @@ def test_colour_bar_range_matches_the_thickness_data(real_run):
     assert all(float(v) == pytest.approx(hi) for v in found)
 
 
-def test_report_command_regenerates_headless_and_matplotlib_fallback(real_run, tmp_path):
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
+def test_matplotlib_fallback_renders_thickness(real_run):
+    """Where VTK cannot render offscreen, the fallback still draws the bone with thickness colours."""
+    from KneePipelineLib.report.data import read_mesh
+    from KneePipelineLib.report.render3d import render_matplotlib
+
     out, _, _, _ = real_run
-    run2 = tmp_path / "knee"
-    shutil.copytree(out, run2)
-    shutil.rmtree(run2 / "report")
-    proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "--quiet-progress", "report", str(run2)],
-                          cwd=str(ROOT), env=_env_headless(KNEEPIPELINE_RENDERER="matplotlib"),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    side = json.loads((run2 / "report" / "report.json").read_text())
-    assert side["renderer"].startswith("matplotlib")
-    for name in ("render_femur.png", "render_tibia.png"):
-        assert _read_png(run2 / "report" / name).std() > PIXEL_STD_FLOOR
-    listed = {o["path"] for o in json.loads((run2 / "manifest.json").read_text())["outputs"]}
-    assert "report/report.html" in listed and "report/render_femur.png" in listed
+    tib = read_mesh(next((out / "meshes").glob("tibia.*")), "tibia")
+    img = render_matplotlib([{"mesh": tib, "scalars": tib.thickness_mm, "vmin": 0.0, "vmax": 4.0}], "superior",
+                            "right", size=200).astype(float)
+    assert img.shape[:2] == (200, 200) and img.std() > PIXEL_STD_FLOOR
+    # viridis colours (blue/green dominant over red) on the plateaus; bone colour elsewhere
+    coloured = (img[..., 1] > img[..., 0] + 30) | (img[..., 2] > img[..., 0] + 30)
+    assert coloured.sum() > 500
 
 
-def test_t2_and_shape_model_sections_and_fit_warning(real_run, tmp_path):
-    """A T2 map (analytic: 20 + 5 * label ms) and an NSM surface (the femur displaced 0.5 mm) are drawn;
-    ASSD > 1 mm is flagged; the B-score scale is drawn."""
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
+def test_report_command_headless_with_t2_and_shape_model(real_run, tmp_path):
+    """`kneepipeline report RUN_DIR` (no DISPLAY) on a run that also has a T2 map (analytic: 20 + 5 * label
+    ms) and an NSM surface (the femur displaced 0.5 mm along its normals): the T2 and NSM figures are drawn,
+    ASSD > 1 mm is flagged, the B-score scale is drawn, and manifest.json lists the new files."""
     import vtk
 
     from KneePipelineLib.io.readers import read_labels, write_volume
     from KneePipelineLib.manifest import OutputEntry, load_manifest
-    from KneePipelineLib.report import build_report
 
     out, _, _, _ = real_run
     run2 = tmp_path / "knee"
     shutil.copytree(out, run2)
+    shutil.rmtree(run2 / "report")
     m = load_manifest(str(run2))
     lab_name = "segmentation.nii.gz" if (run2 / "segmentation.nii.gz").exists() else "labels.nii.gz"
     lab = read_labels(run2 / lab_name)
@@ -167,10 +171,11 @@ def test_t2_and_shape_model_sections_and_fit_warning(real_run, tmp_path):
     r.SetFileName(str(femur_path))
     n = vtk.vtkPolyDataNormals()
     n.SetInputConnection(r.GetOutputPort())
+    n.SplittingOff()
     n.Update()
+    n.GetOutput().GetPointData().SetActiveVectors("Normals")
     warp = vtk.vtkWarpVector()
     warp.SetInputData(n.GetOutput())
-    n.GetOutput().GetPointData().SetActiveVectors("Normals")
     warp.SetScaleFactor(0.5)
     warp.Update()
     wr = vtk.vtkXMLPolyDataWriter()
@@ -178,20 +183,33 @@ def test_t2_and_shape_model_sections_and_fit_warning(real_run, tmp_path):
     wr.SetInputData(warp.GetOutput())
     wr.Write()
     m.add(OutputEntry("meshes/nsm_bone_only_femur.vtp", "mesh", step="nsm", structure="nsm_bone_only_femur"))
+    m.write(str(run2))
     res = json.loads((run2 / "results.json").read_text())
     res["nsm"] = {"nsm_bone_only": {"bscore": 1.2, "assd_bone_mm": 1.4}}
     (run2 / "results.json").write_text(json.dumps(res))
-    build_report(run2, m)
+
+    proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "--quiet-progress", "report", str(run2)],
+                          cwd=str(ROOT), env=_env_headless(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rep = run2 / "report"
-    for name in ("t2.png", "bscore.png", "nsm_nsm_bone_only_femur.png"):
+    for name in EXPECTED + ["t2.png", "bscore.png", "nsm_nsm_bone_only_femur.png"]:
         assert _read_png(rep / name).std() > PIXEL_STD_FLOOR, name
     side = json.loads((rep / "report.json").read_text())
     assert side["section_errors"] == []
     assert any(f["category"] == "fit quality" and "1.40" in f["message"] for f in side["findings"])
     nsm_fig = next(f for f in side["figures"] if f["file"] == "nsm_nsm_bone_only_femur.png")
     assert 0.3 < nsm_fig["attrs"]["assd-recomputed-mm"] < 0.7     # displaced by 0.5 mm along the normals
+    t2_fig = next(f for f in side["figures"] if f["file"] == "t2.png")
+    assert t2_fig["attrs"]["colorbar-max-ms"] == 80.0
+    listed = {o["path"]: o["kind"] for o in json.loads((run2 / "manifest.json").read_text())["outputs"]}
+    assert listed["report/report.html"] == "report" and listed["report/t2.png"] == "image"
+    assert listed["report/nsm_nsm_bone_only_femur.png"] == "image"
+    text = (rep / "report.html").read_text()
+    for ref in _referenced(text):
+        assert (rep / ref).is_file()
 
 
+@pytest.mark.slow   # shares one real `analyze` run (~10 s CPU) + report build
 def test_cohort_report_flags_outliers_and_failures(real_run, tmp_path):
     from KneePipelineLib.pipeline import flatten_results
     from KneePipelineLib.report import build_cohort_report
