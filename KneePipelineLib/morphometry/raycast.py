@@ -170,11 +170,23 @@ def field_hits(origins: np.ndarray, directions: np.ndarray, length_mm: float, fi
     arr = np.asarray(field.array, dtype=np.float32)
     m_inv = np.linalg.inv(field.direction @ np.diag(field.spacing_mm))
     out_r, out_t, out_s = [], [], []
+    # coarse pass (0.4 mm): the smoothed field rises well above 0.05 within 0.2 mm of any 0.5 crossing,
+    # so rays that never exceed 0.05 cannot cross the surface and skip the fine pass.
+    ts_c = np.linspace(0.0, length_mm, int(np.ceil(length_mm / 0.4)) + 1)
+    o_all = (origins - field.origin_mm) @ m_inv.T
+    d_all = directions @ m_inv.T
+    cand = []
     for c0 in range(0, len(origins), chunk):
-        o = origins[c0:c0 + chunk]
-        d = directions[c0:c0 + chunk]
-        o_ijk = (o - field.origin_mm) @ m_inv.T
-        d_ijk = d @ m_inv.T
+        pc = o_all[c0:c0 + chunk, None, :] + ts_c[None, :, None] * d_all[c0:c0 + chunk, None, :]
+        vc = ndimage.map_coordinates(arr, pc.reshape(-1, 3)[:, ::-1].T, order=1, mode="constant", cval=0.0,
+                                     prefilter=False).reshape(len(pc), len(ts_c))
+        cand.append(np.flatnonzero(vc.max(axis=1) > 0.05) + c0)
+    cand = np.concatenate(cand) if cand else np.zeros(0, np.int64)
+    for c0 in range(0, len(cand), chunk):
+        rows_global = cand[c0:c0 + chunk]
+        o_ijk = o_all[rows_global]
+        d_ijk = d_all[rows_global]
+        o = o_ijk
         pts = o_ijk[:, None, :] + ts[None, :, None] * d_ijk[:, None, :]      # (n, s, 3) as i, j, k
         coords = pts.reshape(-1, 3)[:, ::-1].T                                  # k, j, i
         vals = ndimage.map_coordinates(arr, coords, order=1, mode="constant", cval=0.0,
@@ -197,9 +209,11 @@ def field_hits(origins: np.ndarray, directions: np.ndarray, length_mm: float, fi
         t_in, t_out = cross(e), cross(x)
         sel_in = np.flatnonzero(has_in)
         sel_out = np.flatnonzero(has_out)
-        out_r += [sel_in + c0, sel_out + c0]
+        out_r += [rows_global[sel_in], rows_global[sel_out]]
         out_t += [t_in[sel_in], t_out[sel_out]]
         out_s += [np.full(len(sel_in), -1, np.int8), np.full(len(sel_out), 1, np.int8)]
+    if not out_r:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8)
     r = np.concatenate(out_r)
     t = np.concatenate(out_t)
     s = np.concatenate(out_s)
@@ -284,15 +298,23 @@ def nearest_region(region_volume, pts: np.ndarray, region_codes: Optional[Iterab
     """Label of the nearest voxel (centre) with an allowed region code within ``max_distance_mm``, else 0."""
     from scipy.spatial import cKDTree
 
-    arr = region_volume.array
-    mask = np.isin(arr, list(region_codes)) if region_codes is not None else arr > 0
+    # only the array box around the points
+    lo = pts.min(axis=0) - max_distance_mm - 1
+    hi = pts.max(axis=0) + max_distance_mm + 1
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    cijk = region_volume.lps_to_ijk(corners)
+    shape = np.array(region_volume.shape_ijk)
+    b0 = np.clip(np.floor(cijk.min(axis=0)).astype(int), 0, shape)
+    b1 = np.clip(np.ceil(cijk.max(axis=0)).astype(int) + 1, 0, shape)
+    sub = region_volume.array[b0[2]:b1[2], b0[1]:b1[1], b0[0]:b1[0]]
+    mask = np.isin(sub, list(region_codes)) if region_codes is not None else sub > 0
     k, j, i = np.nonzero(mask)
     if len(i) == 0:
         return np.zeros(len(pts), dtype=np.int32)
-    # only voxels near the points' bounding box
+    labs_sub = sub[k, j, i]
+    k, j, i = k + b0[2], j + b0[1], i + b0[0]
+    arr = region_volume.array
     centres = region_volume.ijk_to_lps(np.stack([i, j, k], axis=1))
-    lo = pts.min(axis=0) - max_distance_mm - 1
-    hi = pts.max(axis=0) + max_distance_mm + 1
     near = np.all((centres >= lo) & (centres <= hi), axis=1)
     if not near.any():
         return np.zeros(len(pts), dtype=np.int32)
