@@ -36,6 +36,8 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 BUNDLE_NAME = "results_bundle.zip"
 WORK_DIR = ".work"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class RunContext:
         tmp = final.with_name(".tmp-" + final.name)
         try:
             writer(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)   # temp files are 0600; results are ordinary files
             os.replace(tmp, final)
         finally:
             if tmp.exists():
@@ -180,10 +183,112 @@ def step_t2(ctx: RunContext) -> None:
     sub(1.0, "T2 done")
 
 
-def step_nsm(ctx: RunContext) -> None:
-    from .shape.pipeline_step import run_nsm_step
+NSM_MODELS = {"bone_cartilage": ["nsm_bone_cartilage"], "bone_only": ["nsm_bone_only"],
+              "both": ["nsm_bone_cartilage", "nsm_bone_only"]}
+NSM_CONFIG = "model_params_config.json"
 
-    run_nsm_step(ctx)
+
+def _find_model_root(folder: Path, marker: str) -> Optional[Path]:
+    if (folder / marker).is_file():
+        return folder
+    hits = sorted(folder.rglob(marker))
+    return hits[0].parent if len(hits) == 1 else None
+
+
+def resolve_nsm_dir(model_id: str, options: RunOptions, progress=None) -> Path:
+    """``--nsm-dir`` (the model folder, or a parent holding one sub-folder per registry id) or the hub."""
+    from .errors import ModelMissingError
+    from .registry import get_model
+
+    entry = get_model(model_id)
+    if options.nsm_dir:
+        d = Path(options.nsm_dir)
+        if (d / NSM_CONFIG).is_file():
+            if len(NSM_MODELS[options.nsm]) > 1:
+                raise ConfigurationError("--nsm both needs two models, but --nsm-dir %s is a single model folder." % d,
+                                         hint="Give a folder holding nsm_bone_cartilage/ and nsm_bone_only/.")
+            return d
+        if (d / model_id / NSM_CONFIG).is_file():
+            return d / model_id
+        raise ModelMissingError("No %s model found in %s (looked for %s and %s/%s)." % (model_id, d, NSM_CONFIG, model_id, NSM_CONFIG))
+    from .hub import ensure_model
+
+    root = ensure_model(entry, offline=options.offline, progress=progress)
+    found = _find_model_root(Path(root), NSM_CONFIG)
+    if found is None:
+        raise ModelMissingError("The downloaded %s holds no single %s." % (model_id, NSM_CONFIG))
+    return found
+
+
+def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
+    """The B-score folder of an NSM: ``--bscore-dir`` (folder with model.json or a parent of the published
+    folder names) or the sample-data locations; None when not found."""
+    from .registry import get_model
+    from .sample_data import default_cache, shared_data_candidates
+
+    bs = get_model(get_model(model_id).config["bscore"])
+    cands = []
+    if options.bscore_dir:
+        d = Path(options.bscore_dir)
+        if (d / "model.json").is_file() and len(NSM_MODELS[options.nsm]) == 1:
+            return d
+        cands.append(d)
+    else:
+        cands += [c / "bscore" for c in shared_data_candidates()] + [default_cache() / "bscore"]
+    for c in cands:
+        if (c / bs.config["folder"] / "model.json").is_file():
+            return c / bs.config["folder"]
+    return None
+
+
+def step_nsm(ctx: RunContext) -> None:
+    from .morphometry import write_mesh
+    from .shape import load_nsm
+    from .shape.bscore import bscore, check_compatible, load_bscore_model
+
+    o = ctx.options
+    morph = ctx.data["morphometry"]
+    femur = morph.meshes.get("femur")
+    if femur is None:
+        from .errors import NsmError
+        raise NsmError("The shape model needs the femur surface, which the segmentation lacks.")
+    cart = morph.meshes.get("femoral_cartilage")
+    ids = NSM_MODELS[o.nsm]
+    ctx.results["nsm"] = {}
+    for n, model_id in enumerate(ids):
+        sub = (lambda f, m="", n=n: ctx.progress.step("nsm", (n + f) / len(ids), m))
+        model_dir = resolve_nsm_dir(model_id, o, progress=sub)
+        model = load_nsm(model_dir, device=o.device)
+        bs_dir = resolve_bscore_dir(model_id, o)
+        bs_model = None
+        if bs_dir is None:
+            ctx.warn("No B-score model found for %s: B-score not computed (pass --bscore-dir)." % model_id)
+        else:
+            bs_model = load_bscore_model(bs_dir)
+            check_compatible(bs_model, model.latent_size)
+            for w in bs_model.warnings:
+                ctx.warn(w)
+        fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
+                        seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
+                        progress=sub, warn=ctx.warn)
+        doc = fit.to_json()
+        doc["model_dir"] = str(model_dir)
+        doc["epoch"] = model.epoch
+        for obj, v in fit.assd_mm.items():
+            doc["assd_%s_mm" % obj] = v
+        if bs_model is not None:
+            doc["bscore"] = bscore(fit.latent, bs_model)
+            doc["bscore_model"] = {"path": str(bs_model.path), "sha256": bs_model.sha256,
+                                   "registry_id": bs_model.registry_id}
+        ctx.results["nsm"][model_id] = doc
+        ctx.manifest.models[model_id] = {"path": str(model_dir), "epoch": model.epoch}
+        for obj, poly in fit.meshes.items():
+            ctx.output("nsm/%s_%s.%s" % (model_id, obj, o.mesh_format), "mesh",
+                       lambda p, poly=poly: write_mesh(poly, p, o.mesh_format), step="nsm",
+                       structure="nsm_%s_%s" % (model_id, obj), coordinate_system="LPS",
+                       description="%s reconstructed by %s" % (obj, model_id))
+        del model
+        _release_memory()
 
 
 def step_results(ctx: RunContext) -> None:
