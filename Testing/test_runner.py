@@ -50,6 +50,7 @@ def test_real_pipeline_failure_surfaces_message_and_hint(tmp_path):
         assert load_manifest(str(out)).status != "complete"
 
 
+@pytest.mark.slow
 def test_real_pipeline_streams_steps_in_order(tmp_path, sample_labels_path):
     out = tmp_path / "run"
     seen = []

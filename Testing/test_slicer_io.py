@@ -105,8 +105,7 @@ def pipeline_run(tmp_path_factory, sample_labels_path):
             "real": False}
 
 
-@pytest.fixture()
-def scene():
+def _new_scene():
     s = slicer.vtkMRMLScene()
     # what the application has in every scene: the default colour tables
     logic = slicer.vtkMRMLColorLogic()
@@ -117,8 +116,19 @@ def scene():
 
 
 @pytest.fixture()
-def loaded(scene, pipeline_run):
-    return load_run(scene, str(pipeline_run["dir"]), name="knee")
+def scene():
+    return _new_scene()
+
+
+@pytest.fixture(scope="module")
+def shared_scene():
+    return _new_scene()
+
+
+@pytest.fixture(scope="module")
+def loaded(shared_scene, pipeline_run):
+    """Loaded once; the tests using it only read the scene."""
+    return load_run(shared_scene, str(pipeline_run["dir"]), name="knee")
 
 
 def _ras_of_voxel(node, ijk):
@@ -126,6 +136,8 @@ def _ras_of_voxel(node, ijk):
     node.GetIJKToRASMatrix(m)
     return np.array(m.MultiplyPoint(list(ijk) + [1.0])[:3])
 
+
+pytestmark = pytest.mark.slow   # one real pipeline run (~50 s on 2 shared cores) per session
 
 # -- tests ------------------------------------------------------------------------------------------
 def test_segments_are_named_coloured_and_keep_label_values(loaded):
@@ -198,13 +210,16 @@ def test_models_are_in_ras_with_thickness_shown_in_a_fixed_range(loaded, pipelin
 
 
 def test_segmentation_and_models_overlap_in_ras(loaded):
-    """A flip applied twice (or never) to meshes would put the femur model away from the femur segment."""
+    """A flip applied twice (or never) to meshes would put the femur model ~100 mm away from the femur segment."""
     s = loaded.segmentation.GetSegmentation()
     poly = vtk.vtkPolyData()
     loaded.segmentation.GetClosedSurfaceRepresentation(s.GetSegmentIdBySegmentName("femur"), poly)
-    seg_centre = np.array(poly.GetCenter())
-    model_centre = np.array(loaded.models["femur"].GetPolyData().GetCenter())
-    assert np.linalg.norm(seg_centre - model_centre) < 5.0
+    distance = vtk.vtkImplicitPolyDataDistance()
+    distance.SetInput(poly)
+    model = loaded.models["femur"].GetPolyData()
+    step = max(1, model.GetNumberOfPoints() // 400)
+    d = np.array([abs(distance.EvaluateFunction(model.GetPoint(i))) for i in range(0, model.GetNumberOfPoints(), step)])
+    assert np.median(d) < 1.0 and np.percentile(d, 95) < 2.5, (np.median(d), np.percentile(d, 95))
 
 
 def test_tables_are_typed_and_chart_plots_regional_thickness(loaded):
@@ -226,8 +241,8 @@ def test_tables_are_typed_and_chart_plots_regional_thickness(loaded):
     assert np.all(np.isfinite(values[~np.isnan(values)])) and np.nanmax(values) > 0
 
 
-def test_everything_sits_in_one_subject_hierarchy_folder(scene, loaded):
-    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+def test_everything_sits_in_one_subject_hierarchy_folder(shared_scene, loaded, pipeline_run):
+    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(shared_scene)
     assert sh.GetItemName(loaded.folder_item) == "knee (run 1)"
     for node in loaded.all_nodes():
         item = sh.GetItemByDataNode(node)
@@ -236,9 +251,15 @@ def test_everything_sits_in_one_subject_hierarchy_folder(scene, loaded):
         assert parent == loaded.folder_item or sh.GetItemParent(parent) == loaded.folder_item, node.GetName()
     assert loaded.laterality == "right"
     assert any(line.startswith("Laterality: right") for line in loaded.summary_lines())
+    if pipeline_run["real"]:
+        assert loaded.report_path and loaded.report_path.endswith("report.html")
+        assert {"femur", "tibia", "patella", "femoral_cartilage"} <= set(loaded.models)
+        for bone in ("tibia", "patella"):
+            assert loaded.models[bone].GetDisplayNode().GetActiveScalarName() == "thickness_mm"
 
 
-def test_reloading_versions_or_replaces(scene, pipeline_run, loaded):
+def test_reloading_versions_or_replaces(scene, pipeline_run):
+    loaded = load_run(scene, str(pipeline_run["dir"]), name="knee", create_surfaces=False)
     second = load_run(scene, str(pipeline_run["dir"]), name="knee", create_surfaces=False)
     assert second.index == 2
     assert len(existing_runs(scene, str(pipeline_run["dir"]))) == 2
@@ -257,7 +278,8 @@ def test_unfinished_run_is_refused(tmp_path, scene):
         load_run(scene, str(tmp_path / "nope"))
 
 
-def test_mrb_round_trip(tmp_path, scene, loaded):
+def test_mrb_round_trip(tmp_path, scene, pipeline_run):
+    loaded = load_run(scene, str(pipeline_run["dir"]), name="knee", create_surfaces=False)
     mrb = str(tmp_path / "knee.mrb")
     assert scene.WriteToMRB(mrb)
     s2 = slicer.vtkMRMLScene()
