@@ -1,0 +1,140 @@
+"""One run end to end on the real sample: manifest, progress, outputs, resume, timeout, cancellation."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from KneePipelineLib.errors import EXIT_CODES, PipelineTimeoutError
+from KneePipelineLib.options import RunOptions
+from KneePipelineLib.pipeline import run
+from KneePipelineLib.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+sample_digest = [None]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, sample_labels_path):
+    out = tmp_path_factory.mktemp("run")
+    sample_digest[0] = hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
+    events = []
+    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", report=False)
+    manifest = run(opts, Progress(sink=events.append), command="analyze")
+    return out, manifest, events
+
+
+def test_every_step_runs_and_the_manifest_is_complete(sample_run):
+    out, manifest, events = sample_run
+    assert manifest.status == "complete"
+    assert [s for s in manifest.steps] == ["input", "morphometry", "results", "bundle"]
+    assert all(s["status"] == "complete" and s["seconds"] >= 0 for s in manifest.steps.values())
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["status"] == "complete" and on_disk["options"]["label_convention"] == "pymskt"
+    for o in manifest.outputs:
+        assert (out / o.path).is_file(), o.path
+        if o.kind in ("mesh", "labelmap"):
+            assert o.coordinate_system == "LPS"
+    meshes = {o.structure for o in manifest.find(kind="mesh")}
+    assert {"femur", "tibia", "patella", "femoral_cartilage", "medial_tibial_cartilage",
+            "lateral_tibial_cartilage", "patellar_cartilage"} <= meshes
+    femur = manifest.find(kind="mesh", structure="femur")[0]
+    assert "thickness_mm" in femur.scalars and "region" in femur.scalars
+    assert not (out / ".work").exists()
+
+
+def test_progress_is_monotonic_and_ends_with_a_result(sample_run):
+    _, _, events = sample_run
+    assert events[0]["event"] == "hello" and events[0]["protocol"] == 1
+    fr = [e["fraction"] for e in events if e["event"] == "step"]
+    assert fr == sorted(fr) and len(fr) > 6 and fr[-1] == 1.0
+    # morphometry reports from inside the step, not only at its ends
+    inner = [e for e in events if e["event"] == "step" and e["step"] == "morphometry" and 0 < e["step_fraction"] < 1]
+    assert len(inner) >= 3
+    assert events[-1]["event"] == "result"
+
+
+def test_results_are_strict_json_with_plausible_regions(sample_run):
+    out, _, _ = sample_run
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text)
+    assert doc["laterality"]["side"] == "right"
+    regions = {r["name"]: r for r in doc["regions"] if r.get("kind", "region") == "region"}
+    assert set(regions) >= {"femur_trochlea", "femur_medial_weightbearing", "femur_lateral_weightbearing",
+                            "femur_medial_posterior", "femur_lateral_posterior", "tibia_medial", "tibia_lateral",
+                            "patella"}
+    for r in regions.values():
+        assert 0.5 < r["thickness_mean_mm"] < 5.0, r
+        assert 0 < r["coverage"] <= 1 and r["cartilage_volume_mm3"] > 0
+    header, row = (out / "results.csv").read_text().splitlines()
+    assert len(header.split(",")) == len(row.split(",")) and "femur_trochlea_thickness_mean_mm" in header
+
+
+def test_bundle_has_relative_paths_only(sample_run):
+    out, manifest, _ = sample_run
+    with zipfile.ZipFile(out / "results_bundle.zip") as zf:
+        names = zf.namelist()
+    assert "manifest.json" in names and "results.json" in names
+    assert all(not n.startswith("/") and ".." not in n for n in names)
+    assert not any(str(out) in n for n in names)
+
+
+def test_resume_skips_a_complete_run_with_the_same_options(sample_run, sample_labels_path):
+    out, _, _ = sample_run
+    before = (out / "manifest.json").stat().st_mtime_ns
+    events = []
+    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", report=False,
+                      resume=True)
+    t0 = time.time()
+    run(opts, Progress(sink=events.append))
+    assert time.time() - t0 < 2.0
+    assert events[-1]["event"] == "result" and events[-1]["resumed"] is True
+    assert (out / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_whole_run_timeout_leaves_a_failed_manifest_and_no_results(tmp_path, sample_labels_path):
+    opts = RunOptions(out_dir=str(tmp_path), labels=str(sample_labels_path), label_convention="pymskt",
+                      report=False, timeout_s=0.3)
+    with pytest.raises(PipelineTimeoutError):
+        run(opts)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"]["category"] == "timeout"
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_sigterm_to_the_process_group_cancels_cleanly(tmp_path, sample_labels_path):
+    proc = subprocess.Popen([sys.executable, "-m", "KneePipelineLib", "analyze", "--labels", str(sample_labels_path),
+                             "--label-convention", "pymskt", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+                            start_new_session=True)
+    pgid = os.getpgid(proc.pid)
+    lines = []
+    for line in proc.stdout:  # wait until the morphometry step is under way
+        lines.append(json.loads(line))
+        if lines[-1].get("step") == "morphometry":
+            break
+    os.killpg(pgid, signal.SIGTERM)
+    rest = proc.stdout.read()
+    code = proc.wait(timeout=60)
+    assert code == EXIT_CODES["cancelled"]
+    last = json.loads(rest.strip().splitlines()[-1])
+    assert last["event"] == "error" and last["category"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["status"] == "cancelled" and m["steps"]["morphometry"]["status"] == "cancelled"
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_inputs_are_never_modified(sample_run, sample_labels_path):
+    assert sample_digest[0] == hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
