@@ -474,19 +474,22 @@ def open_client(spec: ClusterSpec) -> Iterator[Tuple[Any, Dict[str, Any]]]:
     from distributed import Client, LocalCluster
 
     cluster = None
+    show = False
     info: Dict[str, Any] = {"kind": spec.kind}
     if spec.kind == "local":
         n = spec.workers or default_local_workers()
-        dashboard = None
+        show = False
         if spec.dashboard:
             try:
                 import bokeh  # noqa: F401  (the dashboard needs it)
-                dashboard = "127.0.0.1:0"
+                show = True
             except ImportError:
-                dashboard = None
+                show = False
+        # Everything on loopback: the scheduler's HTTP server (health/metrics, and the dashboard when
+        # bokeh is installed) on a free port of 127.0.0.1, workers on 127.0.0.1.
         kw: Dict[str, Any] = dict(n_workers=n, threads_per_worker=max(1, spec.threads_per_worker), processes=True,
-                                  host="127.0.0.1", dashboard_address=dashboard, silence_logs=logging.ERROR,
-                                  memory_limit=spec.memory or 0)
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                  memory_limit=spec.memory or 0, scheduler_kwargs={"dashboard": show})
         if spec.gpu_slots:
             kw["resources"] = {"GPU": spec.gpu_slots}
         cluster = LocalCluster(**kw)
@@ -515,11 +518,13 @@ def open_client(spec: ClusterSpec) -> Iterator[Tuple[Any, Dict[str, Any]]]:
     try:
         info["address"] = client.scheduler.address
         info["dashboard"] = None
-        try:  # only when the scheduler really serves one (it needs bokeh)
-            if "dashboard" in client.scheduler_info().get("services", {}):
+        if spec.kind == "local":
+            if show:
                 info["dashboard"] = client.dashboard_link
-        except Exception:  # noqa: BLE001
-            pass
+        elif spec.dashboard:
+            with contextlib.suppress(Exception):
+                if "dashboard" in client.scheduler_info().get("services", {}):
+                    info["dashboard"] = client.dashboard_link
         info["threads_per_worker"] = spec.threads_per_worker
         info["gpus_per_worker"] = spec.gpus_per_worker
         info["tasks_per_gpu"] = spec.tasks_per_gpu
