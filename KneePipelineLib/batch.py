@@ -491,6 +491,7 @@ def open_client(spec: ClusterSpec) -> Iterator[Tuple[Any, Dict[str, Any]]]:
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
                                   memory_limit=spec.memory or 0, scheduler_kwargs={"dashboard": show})
         if spec.gpu_slots:
+            _check_local_gpus(n, spec.gpus_per_worker)
             kw["resources"] = {"GPU": spec.gpu_slots}
         cluster = LocalCluster(**kw)
         client = Client(cluster)
@@ -533,6 +534,21 @@ def open_client(spec: ClusterSpec) -> Iterator[Tuple[Any, Dict[str, Any]]]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check_local_gpus(workers: int, gpus_per_worker: int) -> None:
+    """Local workers split this machine's GPUs (worker i takes GPUs i*K .. i*K+K-1): there must be enough."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        count = 0
+    if workers * gpus_per_worker > count:
+        raise ConfigurationError("%d local worker(s) x %d GPU(s) each need %d GPU(s), but this machine has %d."
+                                 % (workers, gpus_per_worker, workers * gpus_per_worker, count),
+                                 hint="Use --workers %d --gpus-per-worker 1, or --gpus-per-worker 0 to run on "
+                                      "the CPU." % max(1, count))
 
 
 def _check_gpu_workers(client: Any, spec: ClusterSpec) -> None:
@@ -720,28 +736,37 @@ def run_batch(jobs: Sequence[KneeJob], out_dir: str | os.PathLike, spec: Optiona
         for p in plans:
             if p.action != "run":
                 tracker.skipped_event(p.job.knee_id, p.state)
-        outcomes: Dict[str, Dict[str, Any]] = {}
+        outcomes: Dict[str, Dict[str, Any]] = {}   # filled as knees finish
         cluster_info: Dict[str, Any] = {"kind": spec.kind, "workers": None, "started": False}
-        if to_run:
-            if client is not None:
-                cluster_info.update(_describe_client(client, spec))
-                outcomes = _submit_and_collect(client, to_run, spec, tracker, retries)
-            else:
-                with open_client(spec) as (cl, info):
-                    cluster_info.update(info, started=True)
-                    if info.get("dashboard") and status_stream is not None:
-                        status_stream.write("Dask dashboard: %s\n" % info["dashboard"])
-                    if progress is not None:
+
+        def tables(interrupted: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
+            rows = cohort_rows(plans, outcomes, tracker.starts)
+            summary = cohort_summary(rows, plans, outcomes, time.time() - t0, started_iso, cluster_info, spec,
+                                     retry_failed, cohort_csv, jobs)
+            summary["interrupted"] = interrupted
+            return rows, summary, write_cohort_tables(out, rows, summary)
+
+        try:
+            if to_run:
+                if client is not None:
+                    cluster_info.update(_describe_client(client, spec))
+                    _submit_and_collect(client, to_run, spec, tracker, retries, outcomes)
+                else:
+                    with open_client(spec) as (cl, info):
+                        cluster_info.update(info, started=True)
+                        if info.get("dashboard") and status_stream is not None:
+                            status_stream.write("Dask dashboard: %s\n" % info["dashboard"])
                         tracker._write_event({"event": "log", "time": round(time.time(), 3),
                                               "message": "Dask scheduler %s" % info.get("address"),
                                               "scheduler": info.get("address"), "dashboard": info.get("dashboard")})
-                    outcomes = _submit_and_collect(cl, to_run, spec, tracker, retries)
+                        _submit_and_collect(cl, to_run, spec, tracker, retries, outcomes)
+        except BaseException:
+            # Ctrl-C / a lost scheduler: still leave a table of where every knee stands, then stop.
+            with contextlib.suppress(Exception):
+                tables(interrupted=True)
+            raise
         tracker.status_line(final=True)
-        wall = time.time() - t0
-        rows = cohort_rows(plans, outcomes, tracker.starts)
-        summary = cohort_summary(rows, plans, outcomes, wall, started_iso, cluster_info, spec, retry_failed,
-                                 cohort_csv, jobs)
-        paths = write_cohort_tables(out, rows, summary)
+        rows, summary, paths = tables(interrupted=False)
         if report:
             paths.update(_cohort_report(out, paths, progress, status_stream))
     if progress is not None:
@@ -762,7 +787,8 @@ def _describe_client(client: Any, spec: ClusterSpec) -> Dict[str, Any]:
 
 
 def _submit_and_collect(client: Any, to_run: Sequence[PlannedKnee], spec: ClusterSpec, tracker: CohortProgress,
-                        retries: int) -> Dict[str, Dict[str, Any]]:
+                        retries: int, outcomes: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Submit one task per knee and collect outcomes into ``outcomes`` as they finish."""
     from distributed import wait
 
     token = uuid.uuid4().hex[:10]
@@ -779,7 +805,6 @@ def _submit_and_collect(client: Any, to_run: Sequence[PlannedKnee], spec: Cluste
                             key="knee-%s-%s" % (p.job.knee_id, token), pure=False, retries=retries,
                             resources={"GPU": 1} if gpu else None)
         futures[fut] = p
-    outcomes: Dict[str, Dict[str, Any]] = {}
     pending = set(futures)
     try:
         while pending:
@@ -861,7 +886,10 @@ def _knee_row(plan: PlannedKnee, outcome: Optional[Dict[str, Any]], starts: int)
 
     job = plan.job
     out = Path(job.options.out_dir)
-    action = "ran" if plan.action == "run" else ("skipped" if plan.action == "skip" else "not_run")
+    if plan.action == "run":   # planned; "not_run" when the batch stopped before the knee started
+        action = "ran" if (outcome is not None or starts) else "not_run"
+    else:
+        action = "skipped" if plan.action == "skip" else "not_run"
     row: Dict[str, Any] = {"id": job.knee_id, "status": "pending", "action": action, "error_category": None,
                            "error_message": None, "error_hint": None}
     manifest = None

@@ -158,3 +158,27 @@ def test_cohort_table_types_and_atomic_files(tmp_path):
     assert (tmp_path / B.COHORT_CSV).read_text().splitlines()[2] == "b,failed,,4.5,,x"
     assert json.loads((tmp_path / B.COHORT_SUMMARY).read_text())["schema"] == B.SUMMARY_SCHEMA
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_gpu_slots_of_a_worker_are_never_shared():
+    with B._gpu_slot(0, 1, 0) as none:
+        assert none is None
+    # two GPUs, one knee each: concurrent knees get different devices; a freed slot is reused
+    with B._gpu_slot(2, 1, 0) as a, B._gpu_slot(2, 1, 0) as b:
+        assert {a, b} == {0, 1}
+    with B._gpu_slot(2, 1, 0) as c:
+        assert c == 0
+    # two GPUs shared by two knees each (--tasks-per-gpu 2), local worker 1 (offset 2): spread first
+    with B._gpu_slot(4, 2, 2) as a, B._gpu_slot(4, 2, 2) as b, B._gpu_slot(4, 2, 2) as c:
+        assert (a, b, c) == (2, 3, 2)
+
+
+def test_local_gpu_workers_need_that_many_gpus():
+    try:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        have = 0
+    with pytest.raises(ConfigurationError, match="need %d GPU" % (have + 1)):
+        B._check_local_gpus(have + 1, 1)

@@ -89,6 +89,8 @@ def main(args, progress):
     if args.gpus_per_worker < 0 or args.retries < 0:
         raise ConfigurationError("--gpus-per-worker and --retries must be >= 0.")
     if not getattr(args, "verbose", False):  # Dask's INFO chatter is not for users
+        import distributed  # noqa: F401  (it sets its loggers up on import)
+
         logging.getLogger("distributed").setLevel(logging.WARNING)
     # every row brings its own image / labels
     base = options_from_args(args, labels=None, image=None)
@@ -101,8 +103,22 @@ def main(args, progress):
                        gpus_per_worker=args.gpus_per_worker, tasks_per_gpu=args.tasks_per_gpu, memory=args.memory,
                        queue=args.queue, account=args.account, walltime=args.walltime, job_extra=args.job_extra,
                        dashboard=args.dashboard)
-    result = run_batch(jobs, args.out, spec, retry_failed=args.retry_failed, progress=progress,
-                       status_stream=sys.stderr, retries=args.retries, cohort_csv=args.cohort)
+    # SIGTERM (a cancelled SLURM/PBS job, `kill`) stops the batch like Ctrl-C: the cohort table is still
+    # written, the local cluster closed, and the knees that were running are rerun next time.
+    import signal
+
+    from ..errors import CancelledError
+
+    def on_term(signum, frame):
+        raise CancelledError("The batch was cancelled (signal %d)." % signum,
+                             hint="Run the same command again to resume; finished knees are kept.")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run_batch(jobs, args.out, spec, retry_failed=args.retry_failed, progress=progress,
+                           status_stream=sys.stderr, retries=args.retries, cohort_csv=args.cohort)
+    finally:
+        signal.signal(signal.SIGTERM, old)
     c = result.summary["counts_by_status"]
     sys.stderr.write("Cohort: %s -> %s\n" % (", ".join("%d %s" % (n, s) for s, n in c.items()),
                                             result.paths.get("cohort_csv")))
