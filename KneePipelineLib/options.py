@@ -28,6 +28,7 @@ class RunOptions:
     checkpoint: str = "best"
     tta: bool = False
     step_size: float = 0.5
+    batch_size: Optional[int] = None       # 2D U-Nets: slices per batch (None: 4 on CPU, 16 on GPU)
     postprocess: bool = True
     cpu_fallback: bool = True              # retry on CPU after a GPU out-of-memory error
     offline: bool = False                  # never contact the hub
@@ -62,6 +63,8 @@ class RunOptions:
             raise ConfigurationError("Unknown mesh format %r." % self.mesh_format, hint="Use vtp or vtk.")
         if self.checkpoint not in CHECKPOINTS:
             raise ConfigurationError("Unknown checkpoint %r." % self.checkpoint, hint="Use best or final.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigurationError("Batch size must be >= 1, got %r." % self.batch_size)
         if not (0.0 < self.step_size <= 1.0):
             raise ConfigurationError("Tile step size must be in (0, 1], got %r." % self.step_size)
         for name in ("bone_smooth_var_mm2", "cartilage_smooth_var_mm2"):
@@ -91,7 +94,7 @@ class RunOptions:
     def computation_key(self) -> Dict[str, Any]:
         """Options that change results (used by --resume to decide whether outputs still match)."""
         d = self.to_dict()
-        for k in ("out_dir", "resume", "threads", "timeout_s", "report", "offline", "cpu_fallback"):
+        for k in ("out_dir", "resume", "threads", "timeout_s", "report", "offline", "cpu_fallback", "batch_size"):
             d.pop(k, None)
         return d
 

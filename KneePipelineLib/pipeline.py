@@ -112,10 +112,17 @@ def step_segmentation(ctx: RunContext) -> None:
 
     res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
     ctx.data["labels"] = res.labels
+    for w in (res.model or {}).get("warnings", []) or []:
+        ctx.warn(w)
     ctx.manifest.models["segmentation"] = _jsonable(res.model)
     ctx.output("segmentation.nii.gz", "labelmap", lambda p: write_volume(res.labels, p), step="segmentation",
-               description="Segmentation (canonical labels)", coordinate_system="LPS",
+               description="Segmentation (canonical labels)", coordinate_system="LPS", structure="tissues",
                labels={str(k): v for k, v in L.TISSUES.items()})
+    agreement = getattr(res, "agreement", None)
+    if agreement is not None:
+        ctx.output("segmentation_agreement.nii.gz", "volume", lambda p: write_volume(agreement, p),
+                   step="segmentation", coordinate_system="LPS", structure="agreement",
+                   description="Fraction of ensemble members agreeing with the ensemble label per voxel")
 
 
 def step_morphometry(ctx: RunContext) -> None:
@@ -133,7 +140,7 @@ def step_morphometry(ctx: RunContext) -> None:
                                      % ", ".join(L.TISSUES[c] for c in L.CARTILAGES))
     if "segmentation" not in ctx.manifest.steps or ctx.manifest.steps["segmentation"].get("status") != "complete":
         ctx.output("labels.nii.gz", "labelmap", lambda p: write_volume(labels, p), step="morphometry",
-                   description="Input label map in canonical labels", coordinate_system="LPS",
+                   description="Input label map in canonical labels", coordinate_system="LPS", structure="tissues",
                    labels={str(k): v for k, v in L.TISSUES.items()})
     from .morphometry import MeshSettings, analyze_labels, write_mesh
 
@@ -144,7 +151,7 @@ def step_morphometry(ctx: RunContext) -> None:
     for w in res.warnings:
         ctx.warn(w)
     ctx.output("regions.nii.gz", "labelmap", lambda p: write_volume(res.regions_volume, p), step="morphometry",
-               description="Cartilage sub-regions", coordinate_system="LPS",
+               description="Cartilage sub-regions", coordinate_system="LPS", structure="regions",
                labels={str(k): v for k, v in L.region_label_names().items()})
     ext = o.mesh_format
     for name, poly in res.meshes.items():
@@ -177,9 +184,26 @@ def step_t2(ctx: RunContext) -> None:
     ctx.output("t2_ms.nii.gz", "volume", lambda p: write_volume(maps.t2_ms, p), step="t2",
                description="T2 map (ms)", coordinate_system="LPS", units={"t2": "ms"})
     ctx.results["t2_method"] = {"method": maps.method, "params": _jsonable(maps.params)}
+    if maps.valid is not None:
+        ctx.output("t2_valid.nii.gz", "labelmap", lambda p: write_volume(maps.valid.with_array(
+            maps.valid.array.astype("uint8")), p), step="t2", coordinate_system="LPS", structure="t2_valid",
+            labels={"1": "valid_fit"}, description="Voxels with a valid T2 fit")
     if regions_vol is not None:
+        from .morphometry import write_mesh
+        from vtk.util.numpy_support import numpy_to_vtk
+
         rows, point_arrays = T2.regional_t2(maps, regions_vol, morph.meshes)
         ctx.results["t2"] = _jsonable(rows)
+        for bone, values in point_arrays.items():   # T2 projected onto the bone surfaces
+            poly = morph.meshes[bone]
+            arr = numpy_to_vtk(values.astype("float32"), deep=True)
+            arr.SetName("t2_ms")
+            poly.GetPointData().AddArray(arr)
+            entry = ctx.manifest.find(kind="mesh", structure=bone)[0]
+            ctx.output(entry.path, "mesh", lambda p, poly=poly: write_mesh(poly, p, o.mesh_format),
+                       step=entry.step, structure=bone, coordinate_system="LPS",
+                       scalars=list(entry.scalars) + ["t2_ms"], units=dict(entry.units, t2_ms="ms"),
+                       description=entry.description)
     sub(1.0, "T2 done")
 
 

@@ -138,3 +138,23 @@ def test_sigterm_to_the_process_group_cancels_cleanly(tmp_path, sample_labels_pa
 
 def test_inputs_are_never_modified(sample_run, sample_labels_path):
     assert sample_digest[0] == hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
+
+
+def test_t2_step_adds_regional_rows_a_map_and_surface_t2(tmp_path, sample_labels_path, mese_dir):
+    # plumbing only: the MESE series is a different knee, resampled onto the label map's grid
+    opts = RunOptions(out_dir=str(tmp_path), labels=str(sample_labels_path), label_convention="pymskt",
+                      echoes=[str(mese_dir)], report=False)
+    m = run(opts)
+    assert m.steps["t2"]["status"] == "complete"
+    doc = json.loads((tmp_path / "results.json").read_text())
+    layers = {(r["region"], r["layer"]) for r in doc["t2"]}
+    assert ("femur_medial_weightbearing", "deep") in layers and ("tibia_lateral", "superficial") in layers
+    assert doc["t2_method"]["params"]["resampled"]  # the T2 grid differed and was resampled, and we say how
+    assert [o.path for o in m.find(kind="volume")] == ["t2_ms.nii.gz"]
+    femur = m.find(kind="mesh", structure="femur")[0]
+    assert "t2_ms" in femur.scalars
+    from KneePipelineLib.morphometry import read_mesh
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    t2 = vtk_to_numpy(read_mesh(str(tmp_path / femur.path)).GetPointData().GetArray("t2_ms"))
+    assert np.isfinite(t2).mean() > 0.05 and 10 < np.nanmedian(t2) < 100

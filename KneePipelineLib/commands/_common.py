@@ -33,6 +33,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     g.add_argument("--tta", action="store_true", help="test-time mirroring (slower, slightly better)")
     g.add_argument("--step-size", type=float, default=d.step_size, help="sliding-window tile step (0-1]")
+    g.add_argument("--batch-size", type=int, help="2D U-Nets: slices per batch (default 4 on CPU, 16 on GPU)")
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep every connected component and bone holes")
     g.add_argument("--no-cpu-fallback", dest="cpu_fallback", action="store_false",
