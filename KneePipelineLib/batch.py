@@ -737,7 +737,7 @@ def run_batch(jobs: Sequence[KneeJob], out_dir: str | os.PathLike, spec: Optiona
             if p.action != "run":
                 tracker.skipped_event(p.job.knee_id, p.state)
         outcomes: Dict[str, Dict[str, Any]] = {}   # filled as knees finish
-        cluster_info: Dict[str, Any] = {"kind": spec.kind, "workers": None, "started": False}
+        cluster_info: Dict[str, Any] = {"kind": spec.kind, "workers": None, "started": False, "used": False}
 
         def tables(interrupted: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
             rows = cohort_rows(plans, outcomes, tracker.starts)
@@ -749,11 +749,11 @@ def run_batch(jobs: Sequence[KneeJob], out_dir: str | os.PathLike, spec: Optiona
         try:
             if to_run:
                 if client is not None:
-                    cluster_info.update(_describe_client(client, spec))
+                    cluster_info.update(_describe_client(client, spec), used=True)
                     _submit_and_collect(client, to_run, spec, tracker, retries, outcomes)
                 else:
                     with open_client(spec) as (cl, info):
-                        cluster_info.update(info, started=True)
+                        cluster_info.update(info, used=True, started=spec.kind != "address")
                         if info.get("dashboard") and status_stream is not None:
                             status_stream.write("Dask dashboard: %s\n" % info["dashboard"])
                         tracker._write_event({"event": "log", "time": round(time.time(), 3),
@@ -992,7 +992,8 @@ def cohort_summary(rows, plans, outcomes, wall_s, started_iso, cluster_info, spe
         },
         "throughput_knees_per_hour": round(ran / wall_s * 3600.0, 2) if ran and wall_s > 0 else None,
         "scheduler": {"kind": cluster_info.get("kind"), "address": cluster_info.get("address"),
-                      "dashboard": cluster_info.get("dashboard"), "started_by_batch": cluster_info.get("started")},
+                      "dashboard": cluster_info.get("dashboard"), "used": cluster_info.get("used"),
+                      "started_by_batch": cluster_info.get("started")},
         "workers": {"count": cluster_info.get("workers"), "threads_per_worker": spec.threads_per_worker,
                     "gpus_per_worker": spec.gpus_per_worker, "tasks_per_gpu": spec.tasks_per_gpu},
         "options": shared,

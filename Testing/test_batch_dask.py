@@ -220,7 +220,7 @@ def test_resume_does_no_work_for_complete_knees_and_retry_failed_reruns_only_fai
     # nothing to do: no cluster is started at all
     good = [j for j in batch_run["jobs"] if j.knee_id in GOOD]
     again = B.run_batch(good, out, B.ClusterSpec(workers=2, dashboard=False), report=False)
-    assert again.outcomes == {} and again.summary["scheduler"]["started_by_batch"] is False
+    assert again.outcomes == {} and again.summary["scheduler"]["used"] is False
     assert again.ok and {r["action"] for r in again.rows} == {"skipped"}
 
 
@@ -228,3 +228,28 @@ def json_rows(out: Path):
     import pyarrow.parquet as pq
 
     return pq.read_table(out / B.COHORT_PARQUET).to_pylist()
+
+
+def test_a_running_scheduler_address_and_its_gpu_resources(tmp_path, capsys):
+    from distributed import LocalCluster
+
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    csv_path = tmp_path / "cohort.csv"
+    csv_path.write_text("id,image\nmri1,empty.nii.gz\n")     # an MRI: segmentation would want a GPU
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}) as cluster:
+        argv = ["--quiet-progress", "batch", str(csv_path), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                "--no-report"]
+        # no worker offers a GPU: refused up front instead of waiting forever
+        assert cli_main(argv + ["--gpus-per-worker", "1"]) == 41
+        assert "offers a GPU resource" in capsys.readouterr().err
+        assert not (out / "knees" / "mri1").exists()
+        # without GPU limits the knee runs on the cluster's worker and fails with its own category
+        assert cli_main(argv) == 1
+        (row,) = json_rows(out)
+        assert row["status"] == "failed" and row["error_category"] == "input_unreadable"
+        summary = json.loads((out / B.COHORT_SUMMARY).read_text())
+        assert summary["scheduler"]["kind"] == "address" and summary["scheduler"]["used"] is True
+        assert summary["scheduler"]["started_by_batch"] is False
+        assert summary["scheduler"]["address"] == cluster.scheduler_address and summary["workers"]["count"] == 1

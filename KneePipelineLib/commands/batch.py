@@ -17,7 +17,9 @@ every other knee runs (never run, failed, cancelled, interrupted, or run with ot
 --retry-failed runs ONLY the knees whose last run failed, was cancelled or was interrupted.
 
 Outputs: DIR/cohort_results.csv and .parquet (one row per knee: status, error, laterality, every
-measure, version, seconds) and DIR/cohort_summary.json. Exit status 0 when no knee failed, 1 otherwise.
+measure, version, seconds), DIR/cohort_summary.json (counts, timings, throughput) and the cohort QC
+report DIR/cohort_report.html. Exit status 0 when no knee failed, 1 otherwise. Ctrl-C or SIGTERM stops
+the batch and still writes the tables; running the command again resumes.
 stdout: JSON-lines events ("knee" per knee start/finish, the knees' own step events tagged with
 knee_id, "cohort" counters); stderr: a one-line cohort status with an ETA.
 """
