@@ -322,10 +322,15 @@ def _gpu_slot(slots: int, per_gpu: int, offset: int) -> Iterator[Optional[int]]:
             _GPU_BUSY.discard(slot)
 
 
-def _empty_folder(path: Path) -> None:
-    """Remove a previous attempt's folder so a re-run starts clean (never follows symlinks out)."""
+def _empty_folder(path: Path, opts: RunOptions) -> None:
+    """Remove a previous attempt's folder so a re-run starts clean (never an input, never through a link)."""
     if path.is_symlink():
         raise OutputUnwritableError("The knee folder %s is a symbolic link; refusing to empty it." % path)
+    folder = path.resolve()
+    for inp in [opts.image, opts.labels] + list(opts.echoes or []):
+        if inp and (Path(inp).resolve() == folder or folder in Path(inp).resolve().parents):
+            raise OutputUnwritableError("The input %s is inside the knee's output folder %s." % (inp, path),
+                                        hint="Keep inputs outside DIR/knees/; inputs are never modified.")
     if path.exists():
         trash = path.with_name(".trash-%s-%s" % (path.name, uuid.uuid4().hex[:8]))
         os.replace(path, trash)
@@ -372,7 +377,7 @@ def run_knee(knee_id: str, options: Dict[str, Any], topic: Optional[str] = None,
     progress.emit("knee", status="started", worker=address, pid=os.getpid())
     try:
         opts = RunOptions.from_dict(dict(options))
-        _empty_folder(Path(opts.out_dir))
+        _empty_folder(Path(opts.out_dir), opts)
         offset = 0
         if local_gpu_offset and worker is not None:
             try:

@@ -182,3 +182,21 @@ def test_local_gpu_workers_need_that_many_gpus():
         have = 0
     with pytest.raises(ConfigurationError, match="need %d GPU" % (have + 1)):
         B._check_local_gpus(have + 1, 1)
+
+
+def test_a_rerun_empties_the_knee_folder_but_never_an_input_inside_it(tmp_path):
+    out = tmp_path / "out"
+    folder = out / "knees" / "k1"
+    folder.mkdir(parents=True)
+    (folder / "stale.vtk").write_text("old attempt")
+    (folder / "mine.nii.gz").write_bytes(b"input")
+    opts = RunOptions(labels=str(folder / "mine.nii.gz"), out_dir=str(folder))
+    outcome = B.run_knee("k1", opts.to_dict())
+    assert outcome["status"] == "failed" and outcome["category"] == "output_unwritable"
+    assert (folder / "mine.nii.gz").read_bytes() == b"input" and (folder / "stale.vtk").exists()
+    # an ordinary re-run: the previous attempt's files are gone, the failure is the knee's own
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    outcome = B.run_knee("k1", RunOptions(labels=str(tmp_path / "empty.nii.gz"), out_dir=str(folder)).to_dict())
+    assert outcome["status"] == "failed" and outcome["category"] == "input_unreadable" and outcome["seconds"] >= 0
+    assert not (folder / "stale.vtk").exists() and (folder / "manifest.json").exists()
+    assert not list((out / "knees").glob(".trash-*"))
