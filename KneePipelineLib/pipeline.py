@@ -289,9 +289,14 @@ def step_nsm(ctx: RunContext) -> None:
             ctx.warn("No B-score model found for %s: B-score not computed (pass --bscore-dir)." % model_id)
         else:
             bs_model = load_bscore_model(bs_dir)
-            check_compatible(bs_model, model.latent_size)
-            for w in bs_model.warnings:
-                ctx.warn(w)
+            if o.bscore_dir or bs_model.latent_size == model.latent_size:
+                check_compatible(bs_model, model.latent_size)   # an explicit mismatch is an error
+                for w in bs_model.warnings:
+                    ctx.warn(w)
+            else:   # a found-by-default B-score model that belongs to another NSM: skip, say so
+                ctx.warn("The B-score model found at %s scores %d-value latents but this NSM has %d: B-score not "
+                         "computed (pass --bscore-dir)." % (bs_dir, bs_model.latent_size, model.latent_size))
+                bs_model = None
         fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
                         seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
                         progress=sub, warn=ctx.warn)
