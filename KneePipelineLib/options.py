@@ -48,6 +48,7 @@ class RunOptions:
     report: bool = True
     resume: bool = False
     timeout_s: Optional[float] = None      # whole-run limit
+    step_timeouts_s: Optional[Dict[str, float]] = None   # per-step limits, e.g. {"segmentation": 900}
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> "RunOptions":
@@ -74,6 +75,9 @@ class RunOptions:
             raise ConfigurationError("NSM iterations, samples and patience must be positive.")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigurationError("Timeout must be positive.")
+        for step, limit in (self.step_timeouts_s or {}).items():
+            if not limit or limit <= 0:
+                raise ConfigurationError("The time limit of step %r must be positive." % step)
         return self
 
     # -- serialisation ------------------------------------------------------------------------
@@ -94,7 +98,8 @@ class RunOptions:
     def computation_key(self) -> Dict[str, Any]:
         """Options that change results (used by --resume to decide whether outputs still match)."""
         d = self.to_dict()
-        for k in ("out_dir", "resume", "threads", "timeout_s", "report", "offline", "cpu_fallback", "batch_size"):
+        for k in ("out_dir", "resume", "threads", "timeout_s", "report", "offline", "cpu_fallback", "batch_size",
+                  "step_timeouts_s"):
             d.pop(k, None)
         return d
 
@@ -114,6 +119,9 @@ class RunOptions:
             elif isinstance(value, list):
                 argv.append(flag)
                 argv.extend(str(v) for v in value)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    argv.extend(["--step-timeout", "%s=%s" % (k, v)])
             elif value is not None:
                 argv.extend([flag, str(value)])
         return argv

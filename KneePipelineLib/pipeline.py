@@ -371,12 +371,28 @@ STEPS: List[Step] = [
 # the run
 # ----------------------------------------------------------------------------------------------
 class _Deadline:
-    """Whole-run timeout and SIGTERM/SIGINT handling (main thread only)."""
+    """Whole-run and per-step timeouts, and SIGTERM/SIGINT handling (main thread only; elsewhere, e.g.
+    inside a Dask worker thread, the caller's own limits apply)."""
 
-    def __init__(self, timeout_s: Optional[float]):
+    def __init__(self, timeout_s: Optional[float], step_limits: Optional[Dict[str, float]] = None):
         self.timeout_s = timeout_s
+        self.step_limits = dict(step_limits or {})
         self._old = {}
+        self._end = None
+        self._step = None
         self.active = threading.current_thread() is threading.main_thread()
+
+    def arm(self, step: str) -> None:
+        """Set the alarm for ``step``: the smaller of its own limit and what is left of the run's."""
+        if not self.active:
+            return
+        self._step = step
+        limits = []
+        if self._end is not None:
+            limits.append(max(self._end - time.monotonic(), 1e-3))
+        if step in self.step_limits:
+            limits.append(float(self.step_limits[step]))
+        signal.setitimer(signal.ITIMER_REAL, min(limits) if limits else 0)
 
     def __enter__(self):
         if not self.active:
@@ -386,11 +402,15 @@ class _Deadline:
             raise CancelledError("The run was cancelled (signal %d)." % signum)
 
         def on_alarm(signum, frame):
+            if self._step in self.step_limits and (self._end is None or time.monotonic() < self._end - 1e-3):
+                raise PipelineTimeoutError("The %s step exceeded its time limit of %.0f s."
+                                           % (self._step, self.step_limits[self._step]))
             raise PipelineTimeoutError("The run exceeded its time limit of %.0f s." % self.timeout_s)
 
         for sig, fn in ((signal.SIGTERM, on_term), (signal.SIGINT, on_term), (signal.SIGALRM, on_alarm)):
             self._old[sig] = signal.signal(sig, fn)
         if self.timeout_s:
+            self._end = time.monotonic() + float(self.timeout_s)
             signal.setitimer(signal.ITIMER_REAL, float(self.timeout_s))
         return self
 
@@ -462,8 +482,9 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
     ctx = RunContext(options, out_dir, progress, manifest, work)
     manifest.write(str(out_dir))
     try:
-        with _Deadline(options.timeout_s):
+        with _Deadline(options.timeout_s, options.step_timeouts_s) as deadline:
             for s in steps:
+                deadline.arm(s.name)
                 t0 = time.time()
                 manifest.steps[s.name] = {"status": "running"}
                 progress.step(s.name, 0.0, "starting " + s.name)

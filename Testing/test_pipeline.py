@@ -158,3 +158,17 @@ def test_t2_step_adds_regional_rows_a_map_and_surface_t2(tmp_path, sample_labels
 
     t2 = vtk_to_numpy(read_mesh(str(tmp_path / femur.path)).GetPointData().GetArray("t2_ms"))
     assert np.isfinite(t2).mean() > 0.05 and 10 < np.nanmedian(t2) < 100
+
+
+def test_a_step_time_limit_names_the_step(tmp_path, sample_labels_path):
+    from KneePipelineLib.cli import build_parser
+    from KneePipelineLib.commands._common import options_from_args
+
+    args = build_parser().parse_args(["analyze", "--labels", str(sample_labels_path), "--label-convention", "pymskt",
+                                      "--out", str(tmp_path), "--no-report", "--step-timeout", "morphometry=0.5"])
+    opts = options_from_args(args)
+    assert opts.step_timeouts_s == {"morphometry": 0.5}
+    with pytest.raises(PipelineTimeoutError, match="morphometry step"):
+        run(opts)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["steps"]["input"]["status"] == "complete" and m["steps"]["morphometry"]["status"] == "failed"

@@ -67,11 +67,25 @@ def add_run_control_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-report", dest="report", action="store_false", help="skip the QC report")
     g.add_argument("--resume", action="store_true", help="skip the run when its outputs are complete and match")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="whole-run time limit in seconds")
+    g.add_argument("--step-timeout", dest="step_timeouts_s", action="append", type=_step_limit, metavar="STEP=SECONDS",
+                   help="time limit of one step (repeatable), e.g. --step-timeout segmentation=900")
+
+
+def _step_limit(text: str):
+    step, sep, seconds = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return step.strip(), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected STEP=SECONDS, got %r" % text)
 
 
 def options_from_args(args: argparse.Namespace, **overrides) -> RunOptions:
     names = set(RunOptions.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in names}
+    if isinstance(values.get("step_timeouts_s"), list):
+        values["step_timeouts_s"] = dict(values["step_timeouts_s"])
     values["out_dir"] = args.out
     values.update(overrides)
     return RunOptions(**values)
