@@ -336,6 +336,17 @@ def _empty_folder(path: Path, opts: RunOptions) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+class _KneeProgress(Progress):
+    """Events only: the driver prints the knees' warnings on its stderr, prefixed with the knee id."""
+
+    def log(self, message: str) -> None:
+        self.emit("log", message=message)
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+        self.emit("warning", message=message)
+
+
 def run_knee(knee_id: str, options: Dict[str, Any], topic: Optional[str] = None, gpu_slots: int = 0,
              tasks_per_gpu: int = 1, local_gpu_offset: bool = False, step_interval_s: float = 0.5) -> Dict[str, Any]:
     """One knee: empty its folder, call :func:`pipeline.run`, return a small outcome dict.
@@ -370,7 +381,7 @@ def run_knee(knee_id: str, options: Dict[str, Any], topic: Optional[str] = None,
         except Exception:  # noqa: BLE001 - progress must never fail a knee
             pass
 
-    progress = Progress(tags={"knee_id": knee_id}, sink=forward)
+    progress = _KneeProgress(tags={"knee_id": knee_id}, sink=forward)
     t0 = time.time()
     outcome: Dict[str, Any] = {"id": knee_id, "worker": address, "pid": os.getpid(), "started": t0}
     progress.emit("knee", status="started", worker=address, pid=os.getpid())
@@ -622,6 +633,9 @@ class CohortProgress:
                 self.running[kid] = event
                 self.starts[kid] = self.starts.get(kid, 0) + 1
             self._write_event(event)
+            if event.get("event") == "warning" and self.stream is not None:
+                self.stream.write("%s[%s] WARNING: %s\n" % ("\r" if self._tty else "", kid, event.get("message")))
+                self._last_line = ""
         self.status_line()
 
     def finished(self, outcome: Dict[str, Any]) -> None:
@@ -636,6 +650,11 @@ class CohortProgress:
                   "worker": outcome.get("worker")}
             self._write_event(ev)
             self._write_event(self.cohort_event())
+            if outcome.get("status") != "complete" and self.stream is not None:
+                self.stream.write("%s[%s] %s (%s): %s\n" % ("\r" if self._tty else "", outcome["id"],
+                                                          str(outcome.get("status")).upper(), outcome.get("category"),
+                                                          outcome.get("message")))
+                self._last_line = ""
             last = self.done >= self.total
         if not last:  # the final line is printed by run_batch
             self.status_line(force=True)

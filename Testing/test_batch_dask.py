@@ -217,6 +217,7 @@ def test_resume_does_no_work_for_complete_knees_and_retry_failed_reruns_only_fai
     assert {rows[k]["action"] for k in GOOD} == {"skipped"} and {rows[k]["status"] for k in GOOD} == {"complete"}
     assert rows["bad_empty"]["action"] == "ran" and rows["bad_empty"]["error_category"] == "input_unreadable"
     assert "cohort: 2/2 done (2 failed)" in cap.err
+    assert "[bad_empty] FAILED (input_unreadable)" in cap.err
     # nothing to do: no cluster is started at all
     good = [j for j in batch_run["jobs"] if j.knee_id in GOOD]
     again = B.run_batch(good, out, B.ClusterSpec(workers=2, dashboard=False), report=False)
