@@ -240,7 +240,7 @@ def read_cohort(csv_path: str | os.PathLike, base: RunOptions, out_dir: str | os
 # ----------------------------------------------------------------------------------------------
 def knee_state(job: KneeJob) -> str:
     """What the knee's folder holds: missing, complete (and matching), stale, failed, cancelled, interrupted."""
-    from .pipeline import _complete_and_matching
+    from .pipeline import complete_and_matching
 
     out = Path(job.options.out_dir)
     if not (out / MANIFEST_NAME).is_file():
@@ -250,7 +250,7 @@ def knee_state(job: KneeJob) -> str:
     except (OSError, ValueError, TypeError):
         return INTERRUPTED
     if m.status == "complete":
-        return COMPLETE if _complete_and_matching(out, job.options) else STALE
+        return COMPLETE if complete_and_matching(out, job.options) else STALE
     if m.status in (FAILED, CANCELLED):
         return m.status
     return INTERRUPTED   # "running" left behind by a killed batch

@@ -61,6 +61,8 @@ CONVENTIONS: Dict[str, Dict[int, int]] = {
                9: LATERAL_MENISCUS, 10: MEDIAL_MENISCUS},
 }
 CONVENTIONS["nnunet"] = CONVENTIONS["dosma"]
+# Our own outputs (labels.nii.gz / segmentation.nii.gz): the DOSMA numbering plus fibula = 10.
+CONVENTIONS["canonical"] = {v: v for v in range(0, 11)}
 
 # -- sub-regions --------------------------------------------------------------------------------
 DEEP_OFFSET = 100

@@ -461,7 +461,7 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
     _check_output_location(options, out_dir)
 
     steps = [s for s in STEPS if s.enabled(options)]
-    if options.resume and _complete_and_matching(out_dir, options):
+    if options.resume and complete_and_matching(out_dir, options):
         progress.set_steps([("resume", 1)])
         progress.hello(command, __version__)
         manifest = load_manifest(str(out_dir))
@@ -547,7 +547,7 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _complete_and_matching(out_dir: Path, options: RunOptions) -> bool:
+def complete_and_matching(out_dir: Path, options: RunOptions) -> bool:
     try:
         m = load_manifest(str(out_dir))
     except (OSError, ValueError, TypeError):

@@ -122,3 +122,10 @@ def test_laterality_of_the_real_right_knee_and_its_mirror(sample_labels_path):
     ax = int(np.argmax(np.abs(vol.direction[0, :])))  # index axis (i,j,k) most aligned with x
     flipped = vol.with_array(np.flip(vol.array, axis=2 - ax).copy())
     assert L.detect_laterality(flipped).side == "left"
+
+
+def test_our_own_outputs_reanalyse_with_the_canonical_convention():
+    out = L.remap(np.arange(11, dtype=np.uint8), L.CONVENTIONS["canonical"], "canonical")
+    assert list(out) == list(range(11))
+    with pytest.raises(errors.LabelConventionError):  # DOSMA models never emit fibula
+        L.remap(np.array([10]), L.CONVENTIONS["dosma"], "dosma")

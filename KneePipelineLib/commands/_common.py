@@ -9,7 +9,7 @@ from ..options import CHECKPOINTS, DEVICE_CHOICES, MESH_FORMATS, NSM_CHOICES, Ru
 def add_labels_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--labels", required=required, help="existing label map (NIfTI/NRRD/DICOM); skips segmentation")
     p.add_argument("--label-convention", default="dosma",
-                   help="label numbering of --labels: dosma (= nnU-Net), pymskt, or a JSON file {value: tissue}")
+                   help="label numbering of --labels: dosma (= nnU-Net), pymskt, canonical (our own outputs, with fibula 10), or a JSON file {value: tissue}")
 
 
 def add_mesh_args(p: argparse.ArgumentParser) -> None:
