@@ -6,8 +6,9 @@ from KneePipelineLib import labels as L
 from KneePipelineLib.io import Volume, read_labels
 from KneePipelineLib.morphometry import (MeshSettings, analyze_labels, mesh_from_mask, read_mesh,
                                          thickness_on_surface, write_mesh)
-from KneePipelineLib.morphometry.mesh import (get_point_array, polydata_arrays, set_point_array, signed_volume,
-                                              smoothed_crop)
+from KneePipelineLib.morphometry.mesh import (field_normals, get_point_array, mesh_from_field,
+                                              mesh_from_field_target_points, polydata_arrays, set_point_array,
+                                              signed_volume, smoothed_crop, vertex_areas, vertex_normals)
 
 REGION_NAMES = [r.name for r in L.REGIONS]
 
@@ -88,6 +89,41 @@ def test_real_knee_meshes_and_point_arrays(real_result, real_labels):
     fr = get_point_array(m["femur"], "region")
     assert set(np.unique(fr)) == {0, 11, 12, 13, 14, 15}
     assert set(np.unique(get_point_array(m["tibia"], "region"))) == {0, 3, 4}
+
+
+def test_real_knee_femoral_region_fractions_plausible(real_result, real_labels):
+    """Trochlea ~35-45 % of the femoral cartilage (pymskt's rule on this knee: 42 % of the volume, 38 % of
+    the area); every weight-bearing and posterior zone a real share; notch found, condylar frame used."""
+    by = _by_name(real_result)
+    fem = [by[("region", n)] for n in REGION_NAMES if n.startswith("femur_")]
+    area = {s.name: s.plate_area_mm2 / sum(x.plate_area_mm2 for x in fem) for s in fem}
+    vol = {s.name: s.cartilage_volume_mm3 / sum(x.cartilage_volume_mm3 for x in fem) for s in fem}
+    for frac in (area, vol):
+        assert 0.25 <= frac["femur_trochlea"] <= 0.50, frac
+        for n in ("femur_medial_weightbearing", "femur_lateral_weightbearing", "femur_medial_posterior",
+                  "femur_lateral_posterior"):
+            assert frac[n] >= 0.05, (n, frac)
+    # medial and lateral zones of similar size (the old rule left the lateral posterior zone at 6-8 %)
+    assert 0.5 < vol["femur_medial_weightbearing"] / vol["femur_lateral_weightbearing"] < 2
+    assert 0.5 < vol["femur_medial_posterior"] / vol["femur_lateral_posterior"] < 2
+    # trochlea in front of the weight-bearing zones, posterior zones behind them (frame AP, mm)
+    fr = real_result.frame
+    reg = real_result.regions_volume
+    ap = {}
+    for code in (11, 12, 13, 14, 15):
+        k, j, i = np.nonzero(reg.array == code)
+        ap[code] = np.median(fr.coords(reg.ijk_to_lps(np.stack([i, j, k], 1)))[:, 1])
+    assert ap[11] > max(ap[12], ap[13]) and min(ap[12], ap[13]) > max(ap[14], ap[15])
+
+
+def test_real_knee_bone_meshes_at_target_points(real_result):
+    targets = dict(MeshSettings().bone_target_points)
+    for bone, n in targets.items():
+        assert abs(real_result.meshes[bone].GetNumberOfPoints() - n) < 0.1 * n, bone
+    # the missing patellar thickness lies where the segmentation has no (or sub-millimetre) cartilage
+    none, thin, other = real_result.miss_causes["patella"]
+    assert other < 0.15 * (none + thin + other)
+    assert any("holes in the segmentation" in w for w in real_result.warnings)
 
 
 def _mirror(v: Volume) -> Volume:
@@ -293,3 +329,35 @@ def test_write_mesh_round_trip(tmp_path, fmt):
     assert np.array_equal(get_point_array(back, "region"), reg)
     if fmt == "vtp":
         assert b"binary" in path.read_bytes()[:2000] or b"appended" in path.read_bytes()[:2000]
+
+
+def test_target_point_meshing_deterministic_uniform_and_accurate(sphere_phantom):
+    """Coarser isotropic contouring: about the target count, bit-for-bit repeatable, on the surface."""
+    vol, bone, cart, centre = sphere_phantom
+    fld, off = smoothed_crop(bone, vol.spacing_mm, 0.5)
+    a = mesh_from_field_target_points(fld, off, vol, 3000)
+    b = mesh_from_field_target_points(fld, off, vol, 3000)
+    pa, ta = polydata_arrays(a)
+    pb, tb = polydata_arrays(b)
+    assert pa.tobytes() == pb.tobytes() and ta.tobytes() == tb.tobytes()
+    assert abs(len(pa) - 3000) < 300
+    full = mesh_from_field(fld, off, vol)
+    pf, tf = polydata_arrays(full)
+    assert len(pf) > 3 * len(pa)
+    # same surface as the native grid's mesh (which the smoothing itself shrinks by ~0.05 mm)
+    assert signed_volume(pa, ta) == pytest.approx(signed_volume(pf, tf), rel=0.006)
+    rad, rad_f = np.linalg.norm(pa - centre, axis=1), np.linalg.norm(pf - centre, axis=1)
+    assert rad.mean() == pytest.approx(rad_f.mean(), abs=0.02)
+    assert np.abs(rad - R).max() < 0.2
+    area = vertex_areas(pa, ta)
+    assert area.std() / area.mean() < 0.6
+    # normals from the field gradient: radial
+    radial = (pa - centre) / np.linalg.norm(pa - centre, axis=1, keepdims=True)
+
+    def err_deg(n):
+        return np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", n, radial), -1, 1)))
+
+    e_field, e_faces = err_deg(field_normals(fld, off, vol, pa)), err_deg(vertex_normals(pa, ta))
+    assert e_field.max() < 5.0 and e_field.mean() < 1.5 and e_field.mean() <= e_faces.mean()
+    # a target above the native grid's count keeps the native grid
+    assert mesh_from_field_target_points(fld, off, vol, 10 ** 7).GetNumberOfPoints() == full.GetNumberOfPoints()

