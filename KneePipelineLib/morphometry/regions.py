@@ -129,15 +129,15 @@ def knee_frame(labels, side: str) -> KneeFrame:
         ss = s[sel]
         ps = fem_pts[sel]
         cut = fem_at_fov_edge[sel]
-        edges = np.arange(ss.min(), ss.max(), 3.0)
-        cents = []
-        for a in edges:
-            m = (ss >= a) & (ss < a + 3.0)
-            # a slab cut by the field of view has a biased centroid (tilts the axis by up to 10°)
-            if m.sum() >= 50 and not cut[m].any():
-                cents.append(ps[m].mean(0))
+        slab = np.floor((ss - ss.min()) / 3.0).astype(np.int64)
+        n_sl = int(slab.max()) + 1
+        cnt = np.bincount(slab, minlength=n_sl)
+        n_cut = np.bincount(slab, weights=cut, minlength=n_sl)
+        sums = np.stack([np.bincount(slab, weights=ps[:, a], minlength=n_sl) for a in range(3)], axis=1)
+        # a slab cut by the field of view has a biased centroid (tilts the axis by up to 10°)
+        ok = (cnt >= 50) & (n_cut == 0)
+        cents = sums[ok] / cnt[ok, None]
         if len(cents) >= 5:
-            cents = np.array(cents)
             u, sv, vt = np.linalg.svd(cents - cents.mean(0))
             axis = vt[0] * np.sign(vt[0] @ sup0)
             angle = np.degrees(np.arccos(np.clip(axis @ sup0, -1, 1)))
