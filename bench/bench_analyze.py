@@ -162,8 +162,7 @@ def main() -> int:
                   "peak RSS %.0f MB" % (pm["total_s"], pm["wall_s"], pm["peak_rss_mb"]))
             for b in ("femur", "tibia", "patella"):
                 print("  %-8s %s" % (b, pm[b]))
-    path = write_result("analyze", figures)
-    print("wrote %s" % path)
+    write_result("analyze", figures)        # prints where it wrote
     return 0
 
 
