@@ -219,7 +219,9 @@ def test_segmentation_and_models_overlap_in_ras(loaded):
     model = loaded.models["femur"].GetPolyData()
     step = max(1, model.GetNumberOfPoints() // 400)
     d = np.array([abs(distance.EvaluateFunction(model.GetPoint(i))) for i in range(0, model.GetNumberOfPoints(), step)])
-    assert np.median(d) < 1.0 and np.percentile(d, 95) < 2.5, (np.median(d), np.percentile(d, 95))
+    # the femur model is cropped along the shaft, so its flat cut face lies inside the (uncropped) segment:
+    # most points sit on the surface, the cut face's points do not
+    assert np.median(d) < 1.0 and np.percentile(d, 80) < 1.5, (np.median(d), np.percentile(d, 80))
 
 
 def test_tables_are_typed_and_chart_plots_regional_thickness(loaded):
