@@ -12,6 +12,7 @@ Events (every event has ``"event"`` and ``"time"``, seconds since the epoch):
 Humans read stderr; programs (the Slicer module, batch drivers) parse stdout with :func:`parse_line`.
 """
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
@@ -60,6 +61,8 @@ class Progress:
         self.enabled = enabled
         self.tags = dict(tags or {})
         self.warnings: List[str] = []
+        # Humans read stderr; a program that reads the events (the Slicer runner) turns the echo off.
+        self.echo = os.environ.get("KNEEPIPELINE_ECHO_EVENTS", "1") != "0"
         self._start = time.time()
         self.set_steps(steps)
 
@@ -114,12 +117,14 @@ class Progress:
 
     def log(self, message: str) -> None:
         self.emit("log", message=message)
-        sys.stderr.write(message + "\n")
+        if self.echo:
+            sys.stderr.write(message + "\n")
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
         self.emit("warning", message=message)
-        sys.stderr.write("WARNING: " + message + "\n")
+        if self.echo:
+            sys.stderr.write("WARNING: " + message + "\n")
 
     def result(self, **fields: Any) -> None:
         self._fraction = 1.0

@@ -69,6 +69,7 @@ def child_environment(base: Optional[Mapping[str, str]] = None, pythonpath: Sequ
     env = dict(os.environ if base is None else base)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["KNEEPIPELINE_ECHO_EVENTS"] = "0"   # warnings/logs arrive as events; don't repeat them on stderr
     for key in ("PYTHONHOME", "PYTHONSTARTUP"):   # never inherit another interpreter's home
         if base is None:
             env.pop(key, None)
