@@ -265,6 +265,20 @@ def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
     return None
 
 
+def _check_nsm_objects(model_id: str, model, model_dir: Path) -> None:
+    """The model folder must model the objects its registry id promises (bone+cartilage vs bone only)."""
+    from .errors import ModelInvalidError
+    from .registry import get_model
+
+    want = list(get_model(model_id).config.get("objects") or [])
+    if want and model.arch.n_objects != len(want):
+        raise ModelInvalidError("--nsm %s needs a %s model, but %s models %s." % (
+            "bone_cartilage" if len(want) > 1 else "bone_only", " + ".join(want), model_dir,
+            " + ".join(model.object_names)),
+            hint="Point --nsm-dir at a %s NSM, or choose --nsm %s." % (
+                " + ".join(want), "bone_only" if model.arch.n_objects == 1 else "bone_cartilage"))
+
+
 def step_nsm(ctx: RunContext) -> None:
     from .morphometry import write_mesh
     from .shape import load_nsm
@@ -283,6 +297,7 @@ def step_nsm(ctx: RunContext) -> None:
         sub = (lambda f, m="", n=n: ctx.progress.step("nsm", (n + f) / len(ids), m))
         model_dir = resolve_nsm_dir(model_id, o, progress=sub)
         model = load_nsm(model_dir, device=o.device)
+        _check_nsm_objects(model_id, model, model_dir)
         bs_dir = resolve_bscore_dir(model_id, o)
         bs_model = None
         if bs_dir is None:
@@ -605,7 +620,10 @@ def flatten_results(doc: Dict[str, Any]) -> Dict[str, Any]:
     row: Dict[str, Any] = {}
     lat = doc.get("laterality") or {}
     row["laterality"] = lat.get("side")
+    region_names = {r["name"] for r in doc.get("regions", []) if r.get("kind", "region") == "region"}
     for r in doc.get("regions", []):
+        if r.get("kind") == "plate" and r["name"] in region_names:
+            continue  # a plate that is a single region (tibia_medial, patella) is already there
         for k, v in r.items():
             if k in ("name", "code", "display", "chondrometrics") or isinstance(v, (dict, list)):
                 continue

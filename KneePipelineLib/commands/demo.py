@@ -24,9 +24,12 @@ def main(args, progress):
     run(opts, progress, command=NAME)
     res = json.loads((Path(opts.out_dir) / "results.json").read_text())
     lines = ["", "KneePipeline demo: %s knee" % res["laterality"]["side"]]
+    names = {r["name"] for r in res["regions"] if r.get("kind", "region") == "region"}
     for r in res["regions"]:
+        if r.get("kind") == "plate" and r["name"] in names:
+            continue
         lines.append("  %-30s %5s mm  (coverage %s)" % (
-            r["name"], "n/a" if r.get("thickness_mean_mm") is None else "%.2f" % r["thickness_mean_mm"],
+            r["name"] + (" (whole plate)" if r.get("kind") == "plate" else ""), "n/a" if r.get("thickness_mean_mm") is None else "%.2f" % r["thickness_mean_mm"],
             "n/a" if r.get("coverage") is None else "%.0f%%" % (100 * r["coverage"])))
     lines.append("Results:  %s" % (Path(opts.out_dir) / "results.json"))
     lines.append("Table:    %s" % (Path(opts.out_dir) / "results.csv"))
