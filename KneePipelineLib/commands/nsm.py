@@ -27,7 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--samples", type=int, default=10000, help="vertices drawn per surface per step")
     p.add_argument("--patience", type=int, default=50)
-    p.add_argument("--mesh-resolution", type=int, default=256)
+    p.add_argument("--mesh-resolution", type=int, default=256,
+                   help="fine grid size over [-1,1]^3 (coarse-to-fine narrow band; 0 = latent only, no meshes)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -118,7 +119,7 @@ def main(args, progress) -> int:
     if bmodel:
         result["bscore_model"] = {"path": str(bmodel.path), "sha256": bmodel.sha256, "registry_id": bmodel.registry_id}
     names = model.object_names
-    if len(names) >= 2:
+    if len(names) >= 2 and fit.meshes:
         th = reconstructed_thickness(fit.meshes[names[0]], fit.meshes[names[1]])
         set_point_array(fit.meshes[names[0]], "thickness_mm", th)
         ok = np.isfinite(th)

@@ -8,6 +8,16 @@ Model folder::
 Model space: the normalised space the model was trained in (shapes inside [-1, 1]^3, SDF in the same
 units). Patient meshes are in mm; the similarity ICP's scale carries mm -> model units, so
 ``NsmFit.transform`` (patient mm -> model space) includes the scale, and the mirror for left knees.
+
+ASSD (``NsmFit.assd_mm``): mean over both vertex sets of the exact vertex-to-surface distance in patient mm,
+input vertices -> reconstructed surface and reconstructed vertices -> input surface, comparing like with
+like: the input is taken as it was fitted (mirrored and shaft-clipped), and reconstructed vertices beyond
+the shaft clip plane -- surface the clipped input cannot have -- are left out of the second direction.
+``NsmFit.report["assd_parts"]`` holds each direction's mean and 95th percentile, so that a spurious surface
+(large model -> input) and a missing one (large input -> model) can be told apart.
+
+Meshes: a coarse-to-fine narrow band (``meshing.sdf_volumes``): 64^3 everywhere, then 128^3 and 256^3
+only within two cells of the surface. ``mesh_resolution=0`` fits the latent only (no meshes, no ASSD).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ from .decoder import NsmArchitecture, build_decoder, convert_state_dict
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "model_params_config.json"
+_MEAN_SURFACES: Dict[tuple, np.ndarray] = {}     # (model_dir, epoch, resolution) -> mean-shape vertices
 
 
 def resolve_device(device: str = "auto"):
@@ -153,6 +164,9 @@ class NSM:
         """Vertices of the bone surface decoded from the zero latent (model space)."""
         from .meshing import polydata_arrays
 
+        key = (str(self.model_dir), self.epoch, int(resolution)) if self.model_dir is not None else None
+        if self._mean_surface is None and key in _MEAN_SURFACES:
+            self._mean_surface = _MEAN_SURFACES[key]
         if self._mean_surface is None:
             bone = self.mesh(np.zeros(self.arch.latent_size), resolution=resolution)[self.arch.object_names[0]]
             pts, _ = polydata_arrays(bone)
@@ -160,6 +174,8 @@ class NSM:
                 raise NsmError("The NSM's mean shape (zero latent) has no surface to register to.",
                                hint="The model folder may hold untrained or corrupt weights.")
             self._mean_surface = pts
+            if key is not None:
+                _MEAN_SURFACES[key] = pts
         return self._mean_surface
 
     def fit(self, bone_mesh, cartilage_mesh=None, laterality: str = "right", seed: int = 0, iterations: int = 2000,
@@ -167,7 +183,26 @@ class NSM:
             progress: Optional[Callable[[float, str], None]] = None, mesh_resolution: int = 256,
             clip_shaft: bool = True, icp_iterations: int = 100, icp_landmarks: int = 1000,
             warn: Optional[Callable[[str], None]] = None) -> NsmFit:
-        """Fit the latent to a femur (and its cartilage for a bone+cartilage model); meshes in patient mm."""
+        """Fit the latent to a femur (and its cartilage for a bone+cartilage model); meshes in patient mm.
+
+        Threads: a small decoder (< 2 M parameters) is fitted with one torch thread: its many tiny ops gain
+        nothing from more, and on a shared CPU extra OpenMP threads made each step ~10x slower (0.57 vs
+        0.05 s). Larger decoders use torch's current setting.
+        """
+        import torch
+
+        n_par = sum(p.numel() for p in self.decoder.parameters())
+        before = torch.get_num_threads()
+        if n_par < 2_000_000 and self.device.type == "cpu" and before > 1:
+            torch.set_num_threads(1)
+        try:
+            return self._fit(bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds,
+                             progress, mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn)
+        finally:
+            torch.set_num_threads(before)
+
+    def _fit(self, bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds, progress,
+             mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn) -> NsmFit:
         from . import fit as F
         from .icp import apply, similarity_icp
         from .meshing import polydata_arrays
@@ -185,7 +220,12 @@ class NSM:
         if cartilage_mesh is not None and n_obj < 2:
             report["cartilage_ignored"] = "bone-only model"
         prog(0.02, "registering to the mean shape")
-        t_icp = similarity_icp(bone_r, self.mean_surface_points(), iterations=icp_iterations,
+        timings = {}
+        t_mean = time.time()
+        mean_pts = self.mean_surface_points()
+        timings["mean_surface_s"] = time.time() - t_mean
+        t_reg = time.time()
+        t_icp = similarity_icp(bone_r, mean_pts, iterations=icp_iterations,
                                landmarks=icp_landmarks, seed=seed)
         transform = t_icp @ mirror
         bone_m = apply(t_icp, bone_r)
@@ -199,6 +239,8 @@ class NSM:
             surfaces = [F.SurfaceSamples("bone", bone_m, tb), F.SurfaceSamples("cartilage", cart_m, tc)]
         else:
             surfaces = [F.SurfaceSamples("bone", bone_m, tb)]
+        timings["icp_s"] = time.time() - t_reg
+        t_fit = time.time()
         fits = []
         for k in range(max(1, int(n_seeds))):
             sub = (lambda f, m="", k=k: prog(0.05 + 0.8 * (k + f) / max(1, n_seeds), m))
@@ -206,19 +248,42 @@ class NSM:
                                      samples=samples, patience=patience, progress=sub))
         latent = np.mean([f.latent for f in fits], 0)
         prog(0.86, "extracting meshes")
+        timings["fit_s"] = time.time() - t_fit
+        t_mesh = time.time()
+        if not mesh_resolution:        # latent only: no meshes, no ASSD
+            timings["mesh_s"] = 0.0
+            report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+            return self._result(fits, latent, transform, {}, {}, laterality, report, t0, t_icp)
         meshes = self.mesh(latent, resolution=mesh_resolution, transform=transform)
-        # distances in patient mm against the (clipped) inputs
+        timings["mesh_s"] = time.time() - t_mesh
+        # distances in patient mm against the (clipped) inputs, like with like: the input is compared as
+        # clipped, and reconstructed surface beyond the shaft clip plane (which the clipped input lacks)
+        # is left out of the model -> input direction
+        t_assd = time.time()
         inv_m = np.linalg.inv(mirror)
-        bone_p, bone_ptri = transform_arrays(inv_m, bone_r, bone_tri)
-        assd = {}
+        plane = report.get("clip_plane_mm")
+        assd, parts = {}, {}
         names = self.arch.object_names
-        rp, rt = polydata_arrays(meshes[names[0]])
-        assd[names[0]] = F.assd(rp, rt, bone_p, bone_ptri)
-        if cart is not None:
-            cp, ct = polydata_arrays(meshes[names[1]])
-            cart_p, cart_ptri = transform_arrays(inv_m, *cart)
-            assd[names[1]] = F.assd(cp, ct, cart_p, cart_ptri)
+        pairs = [(names[0], (bone_r, bone_tri))] + ([(names[1], cart)] if cart is not None else [])
+        for name, (ip, it) in pairs:
+            rp, rt = polydata_arrays(meshes[name])
+            rp_r, rt_r = transform_arrays(mirror, rp, rt)          # back to the right-side frame of ip
+            d_in, d_model = F.surface_distances(ip, it, rp_r, rt_r)
+            if plane is not None and name == names[0]:
+                d_model = d_model[(rp_r - plane["origin"]) @ np.asarray(plane["normal"]) <= 0]
+            assd[name] = float((d_in.sum() + d_model.sum()) / max(1, len(d_in) + len(d_model)))
+            parts[name] = {"input_to_model_mean_mm": float(d_in.mean()),
+                           "model_to_input_mean_mm": float(d_model.mean()) if len(d_model) else None,
+                           "input_to_model_p95_mm": float(np.percentile(d_in, 95)),
+                           "model_to_input_p95_mm": float(np.percentile(d_model, 95)) if len(d_model) else None}
+        report["assd_parts"] = parts
+        timings["assd_s"] = time.time() - t_assd
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        del inv_m
         prog(1.0, "done")
+        return self._result(fits, latent, transform, assd, meshes, laterality, report, t0, t_icp)
+
+    def _result(self, fits, latent, transform, assd, meshes, laterality, report, t0, t_icp) -> NsmFit:
         report["icp_scale"] = float(np.cbrt(abs(np.linalg.det(t_icp[:3, :3]))))
         return NsmFit(latent=latent, transform=transform, loss_history=fits[0].loss_history,
                       iterations=int(sum(f.iterations for f in fits)), best_loss=float(min(f.best_loss for f in fits)),

@@ -103,16 +103,27 @@ def shaft_axis(pts: np.ndarray) -> Tuple[np.ndarray, float, bool]:
     return a, width, length >= ELONGATION * width
 
 
+def shaft_clip_plane(pts: np.ndarray, factor: float = SHAFT_FACTOR):
+    """(origin, unit normal pointing up the shaft, rule text) of the clip plane, or (None, None, text) when
+    the bone is not elongated (not clipped). Vertices with (p - origin) . normal > 0 are removed."""
+    a, width, elongated = shaft_axis(pts)
+    if not elongated:
+        return None, None, "not clipped: bone not elongated (already cropped near the joint)"
+    c = pts.mean(0)
+    h = (pts - c) @ a
+    origin = c + (h.min() + factor * width) * a
+    rule = "clipped at %.3g x width (%.1f mm) from the distal end along the shaft axis" % (factor, factor * width)
+    return origin, a, rule
+
+
 def clip_shaft(pts: np.ndarray, tri: np.ndarray, factor: float = SHAFT_FACTOR):
     """Keep triangles whose vertices all lie within factor x width of the distal end along the shaft axis.
 
     Returns (pts, tri, removed vertex count, rule applied as text)."""
-    a, width, elongated = shaft_axis(pts)
-    if not elongated:
-        return pts, tri, 0, "not clipped: bone not elongated (already cropped near the joint)"
-    h = (pts - pts.mean(0)) @ a
-    keep_v = h <= h.min() + factor * width
-    rule = "clipped at %.3g x width (%.1f mm) from the distal end along the shaft axis" % (factor, factor * width)
+    origin, normal, rule = shaft_clip_plane(pts, factor)
+    if origin is None:
+        return pts, tri, 0, rule
+    keep_v = (pts - origin) @ normal <= 1e-9
     if keep_v.all():
         return pts, tri, 0, rule
     keep_t = keep_v[tri].all(1)
@@ -149,9 +160,13 @@ def prepare_bone(bone_pd, laterality: str, clip: bool = True, warn=None):
     m = laterality_matrix(laterality)
     pts, tri = transform_arrays(m, pts, tri)
     if clip:
+        origin, normal, _ = shaft_clip_plane(pts)
         pts, tri, removed, rule = clip_shaft(pts, tri)
         report["shaft_vertices_removed"] = removed
         report["shaft_clip"] = rule
+        if origin is not None and removed:
+            # right-side patient mm; the ASSD leaves out reconstructed surface beyond this plane
+            report["clip_plane_mm"] = {"origin": [float(v) for v in origin], "normal": [float(v) for v in normal]}
     return pts, tri, m, report
 
 
