@@ -190,3 +190,22 @@ def test_point_to_surface_is_exact_against_vtk(held_out):
     q = pts[rng.choice(len(pts), 3000)] + rng.normal(scale=2.0, size=(3000, 3))
     ref = np.abs(signed_distance(q, pts, tri))
     assert np.allclose(point_to_surface(q, pts, tri), ref, atol=1e-9)
+
+
+def test_assd_compares_a_clipped_input_like_with_like():
+    """A sphere (r 30 mm) clipped at z = 10 mm as the 'input' and the whole sphere as the 'reconstruction':
+    the model surface beyond the clip plane is left out, so the ASSD is ~0; without the plane it is not."""
+    import vtk
+
+    from KneePipelineLib.shape.fit import clipped_assd
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(30.0), src.SetThetaResolution(120), src.SetPhiResolution(120)
+    src.Update()
+    pts, tri = polydata_arrays(src.GetOutput())
+    keep = (pts[:, 2] <= 10.0)[tri].all(1)
+    plane = {"origin": [0.0, 0.0, 10.0], "normal": [0.0, 0.0, 1.0]}
+    d, parts = clipped_assd(pts, tri[keep], pts, tri, plane)
+    assert d < 0.2 and parts["model_to_input_mean_mm"] < 0.2
+    d_all, parts_all = clipped_assd(pts, tri[keep], pts, tri, None)
+    assert d_all > 1.0 and parts_all["model_to_input_mean_mm"] > 1.0 and parts_all["input_to_model_mean_mm"] < 1e-9

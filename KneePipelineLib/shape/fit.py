@@ -123,6 +123,21 @@ def surface_distances(a_pts, a_tri, b_pts, b_tri):
     return point_to_surface(a_pts, b_pts, b_tri), point_to_surface(b_pts, a_pts, a_tri)
 
 
+def clipped_assd(input_pts, input_tri, rec_pts, rec_tri, plane=None):
+    """(ASSD, parts) comparing like with like: every input vertex -> reconstructed surface, and reconstructed
+    vertices -> input surface except those beyond ``plane`` ({"origin", "normal"}: the shaft clip plane
+    of the input, normal pointing to the removed side), where the clipped input has no surface."""
+    d_in, d_rec = surface_distances(input_pts, input_tri, rec_pts, rec_tri)
+    if plane is not None:
+        d_rec = d_rec[(np.asarray(rec_pts) - np.asarray(plane["origin"])) @ np.asarray(plane["normal"]) <= 0]
+    total = float((d_in.sum() + d_rec.sum()) / max(1, len(d_in) + len(d_rec)))
+    parts = {"input_to_model_mean_mm": float(d_in.mean()) if len(d_in) else None,
+             "model_to_input_mean_mm": float(d_rec.mean()) if len(d_rec) else None,
+             "input_to_model_p95_mm": float(np.percentile(d_in, 95)) if len(d_in) else None,
+             "model_to_input_p95_mm": float(np.percentile(d_rec, 95)) if len(d_rec) else None}
+    return total, parts
+
+
 def assd(a_pts, a_tri, b_pts, b_tri) -> float:
     """Average symmetric surface distance: mean of vertex-to-surface distances both ways (units of input)."""
     if len(a_pts) == 0 or len(b_pts) == 0:

@@ -268,14 +268,7 @@ class NSM:
         for name, (ip, it) in pairs:
             rp, rt = polydata_arrays(meshes[name])
             rp_r, rt_r = transform_arrays(mirror, rp, rt)          # back to the right-side frame of ip
-            d_in, d_model = F.surface_distances(ip, it, rp_r, rt_r)
-            if plane is not None and name == names[0]:
-                d_model = d_model[(rp_r - plane["origin"]) @ np.asarray(plane["normal"]) <= 0]
-            assd[name] = float((d_in.sum() + d_model.sum()) / max(1, len(d_in) + len(d_model)))
-            parts[name] = {"input_to_model_mean_mm": float(d_in.mean()),
-                           "model_to_input_mean_mm": float(d_model.mean()) if len(d_model) else None,
-                           "input_to_model_p95_mm": float(np.percentile(d_in, 95)),
-                           "model_to_input_p95_mm": float(np.percentile(d_model, 95)) if len(d_model) else None}
+            assd[name], parts[name] = F.clipped_assd(ip, it, rp_r, rt_r, plane if name == names[0] else None)
         report["assd_parts"] = parts
         timings["assd_s"] = time.time() - t_assd
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
