@@ -10,6 +10,7 @@ NSM_CHOICES = ("none", "bone_cartilage", "bone_only", "both")
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 MESH_FORMATS = ("vtp", "vtk")
 CHECKPOINTS = ("best", "final")
+QDESS_KEYS = ("tr_ms", "te_ms", "flip_deg", "tg_us", "gl_area", "t1_ms", "diffusivity_m2_s")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RunOptions:
     echoes: Optional[List[str]] = None     # T2: multi-echo series / 4D volume / qDESS
     echo_times_ms: Optional[List[float]] = None
     t2_drop_first_echo: bool = True
+    qdess_params: Optional[Dict[str, float]] = None   # qDESS: tr_ms, te_ms, flip_deg, tg_us, gl_area, t1_ms
     nsm: str = "none"
     nsm_dir: Optional[str] = None
     bscore_dir: Optional[str] = None
@@ -75,6 +77,10 @@ class RunOptions:
             raise ConfigurationError("NSM iterations, samples and patience must be positive.")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigurationError("Timeout must be positive.")
+        unknown = sorted(set(self.qdess_params or {}) - set(QDESS_KEYS))
+        if unknown:
+            raise ConfigurationError("Unknown qDESS parameter(s): %s." % ", ".join(unknown),
+                                     hint="Use: %s." % ", ".join(QDESS_KEYS))
         for step, limit in (self.step_timeouts_s or {}).items():
             if not limit or limit <= 0:
                 raise ConfigurationError("The time limit of step %r must be positive." % step)
@@ -120,8 +126,9 @@ class RunOptions:
                 argv.append(flag)
                 argv.extend(str(v) for v in value)
             elif isinstance(value, dict):
+                dict_flag = "--step-timeout" if f.name == "step_timeouts_s" else "--qdess-param"
                 for k, v in value.items():
-                    argv.extend(["--step-timeout", "%s=%s" % (k, v)])
+                    argv.extend([dict_flag, "%s=%s" % (k, v)])
             elif value is not None:
                 argv.extend([flag, str(value)])
         return argv

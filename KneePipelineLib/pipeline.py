@@ -174,8 +174,14 @@ def step_t2(ctx: RunContext) -> None:
     sub = ctx.progress.sub("t2")
     sub(0.05, "reading echoes")
     echoes = T2.load_echoes(list(o.echoes or []), o.echo_times_ms)
-    sub(0.3, "fitting T2")
-    maps = T2.fit_mese(echoes, drop_first_echo=o.t2_drop_first_echo)
+    if len(echoes.echo_times_ms) == 2:   # qDESS: the analytic two-echo estimator
+        sub(0.3, "qDESS T2 from two echoes")
+        geo = echoes.geometry
+        maps = T2.qdess_t2(geo.with_array(echoes.images[0]), geo.with_array(echoes.images[1]),
+                           T2.qdess_params(echoes.source, **(o.qdess_params or {})))
+    else:
+        sub(0.3, "fitting T2")
+        maps = T2.fit_mese(echoes, drop_first_echo=o.t2_drop_first_echo)
     morph = ctx.data.get("morphometry")
     regions_vol = morph.regions_volume if morph is not None else None
     if regions_vol is not None and not maps.t2_ms.same_geometry(regions_vol, tol=1e-3):

@@ -172,3 +172,25 @@ def test_a_step_time_limit_names_the_step(tmp_path, sample_labels_path):
         run(opts)
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["steps"]["input"]["status"] == "complete" and m["steps"]["morphometry"]["status"] == "failed"
+
+
+def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_labels_path, mese_dir):
+    import shutil
+
+    from KneePipelineLib.io import dicom
+
+    groups = dicom.group_by_echo([str(f) for f in sorted(mese_dir.iterdir())])
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for te in sorted(groups)[:2]:
+        for f in groups[te]:
+            shutil.copy(f, pair / Path(f).name)
+    out = tmp_path / "out"
+    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt",
+                      echoes=[str(pair)], report=False, qdess_params={"t1_ms": 1200.0})
+    run(opts)
+    doc = json.loads((out / "results.json").read_text())
+    method = doc["t2_method"]
+    assert "qdess" in method["method"].lower()
+    assert method["params"]["estimator"]  # which estimator ran (no GE gradient tags here: the fallback)
+    assert doc["t2"]

@@ -47,6 +47,9 @@ def add_t2_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--echo-times-ms", type=float, nargs="+", help="echo times when the files do not carry them")
     g.add_argument("--keep-first-echo", dest="t2_drop_first_echo", action="store_false",
                    help="fit all echoes (default drops the first, stimulated-echo contaminated)")
+    g.add_argument("--qdess-param", dest="qdess_params", action="append", type=_step_limit, metavar="KEY=VALUE",
+                   help="qDESS sequence parameter overriding the DICOM header (repeatable): tr_ms, te_ms, "
+                        "flip_deg, tg_us, gl_area, t1_ms, diffusivity_m2_s")
 
 
 def add_nsm_args(p: argparse.ArgumentParser) -> None:
@@ -84,8 +87,9 @@ def _step_limit(text: str):
 def options_from_args(args: argparse.Namespace, **overrides) -> RunOptions:
     names = set(RunOptions.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in names}
-    if isinstance(values.get("step_timeouts_s"), list):
-        values["step_timeouts_s"] = dict(values["step_timeouts_s"])
+    for key in ("step_timeouts_s", "qdess_params"):
+        if isinstance(values.get(key), list):
+            values[key] = dict(values[key])
     values["out_dir"] = args.out
     values.update(overrides)
     return RunOptions(**values)
