@@ -254,21 +254,15 @@ def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
     """The B-score folder of an NSM: ``--bscore-dir`` (folder with model.json or a parent of the published
     folder names) or the sample-data locations; None when not found."""
     from .registry import get_model
-    from .sample_data import default_cache, shared_data_candidates
+    from .shape.bscore import find_bscore_folder
 
-    bs = get_model(get_model(model_id).config["bscore"])
-    cands = []
+    bscore_id = get_model(model_id).config["bscore"]
     if options.bscore_dir:
         d = Path(options.bscore_dir)
         if (d / "model.json").is_file() and len(NSM_MODELS[options.nsm]) == 1:
             return d
-        cands.append(d)
-    else:
-        cands += [c / "bscore" for c in shared_data_candidates()] + [default_cache() / "bscore"]
-    for c in cands:
-        if (c / bs.config["folder"] / "model.json").is_file():
-            return c / bs.config["folder"]
-    return None
+        return find_bscore_folder(bscore_id, [d])
+    return find_bscore_folder(bscore_id)
 
 
 def _check_nsm_objects(model_id: str, model, model_dir: Path) -> None:

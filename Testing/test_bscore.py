@@ -55,3 +55,17 @@ def test_bad_bscore_files(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"bscore_vector": [1.0], "mean_healthy": 0.0, "std_healthy": 0}))
     with pytest.raises(ModelInvalidError):
         load_bscore_model(tmp_path)
+
+
+def test_registered_bscore_models_are_found_and_verified_where_users_keep_them(bscore_dir, capsys):
+    from KneePipelineLib.cli import main
+    from KneePipelineLib.shape.bscore import find_bscore_folder
+
+    assert find_bscore_folder("bscore_bone_only", [bscore_dir]).name == "NSM_Orig_BScore_Bone_Only_April_18_2025"
+    assert find_bscore_folder("bscore_bone_only", [bscore_dir / "nowhere"]) is None
+    import os
+    if os.path.realpath(bscore_dir.parent.parent) == os.path.realpath(
+            __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"):
+        assert main(["--quiet-progress", "models", "--json"]) == 0
+        rows = {r["id"]: r for r in __import__("json").loads(capsys.readouterr().out)}
+        assert rows["bscore_bone_cartilage"]["downloaded"] and rows["bscore_bone_cartilage"]["verified"] is True

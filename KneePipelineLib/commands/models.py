@@ -21,6 +21,19 @@ def add_arguments(p):
 def _row(entry, args) -> dict:
     from ..hub import default_cache_dir, model_state
 
+    if entry.kind == "bscore":   # not on the hub: look where the pipeline looks, check the recorded sha256
+        import hashlib
+
+        from ..shape.bscore import find_bscore_folder
+
+        found = find_bscore_folder(entry.id)
+        verified = None
+        if found is not None:
+            verified = hashlib.sha256((found / "model.json").read_bytes()).hexdigest() == entry.config.get("sha256")
+        return {"id": entry.id, "name": entry.display_name, "kind": entry.kind, "backend": entry.backend,
+                "repo_id": None, "revision": None, "gated": False, "size_bytes": None, "default": False,
+                "cache_dir": None, "downloaded": found is not None, "verified": verified,
+                "path": str(found) if found else None}
     state = model_state(entry, cache_dir=args.cache_dir, model_dir=args.model_dir, folds=args.folds,
                         checkpoint=args.checkpoint)
     src = entry.source

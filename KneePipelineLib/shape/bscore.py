@@ -88,3 +88,24 @@ def check_compatible(model: BScoreModel, latent_size: int) -> None:
                        % (model.latent_size, latent_size),
                        hint="Use the B-score model that belongs to this NSM (bone+cartilage <-> 647, bone only "
                             "<-> 551).")
+
+
+def default_search_dirs() -> List[Path]:
+    """Where B-score folders are looked for when no --bscore-dir is given: ``bscore/`` under the sample-data
+    locations (a pre-filled ``shared/data``, the sample-data cache)."""
+    from ..sample_data import default_cache, shared_data_candidates
+
+    return [c / "bscore" for c in shared_data_candidates()] + [default_cache() / "bscore"]
+
+
+def find_bscore_folder(bscore_id: str, search: Optional[List[Path]] = None) -> Optional[Path]:
+    """The folder (holding model.json) of the registered B-score model ``bscore_id``, searched under
+    ``search`` (a folder that is itself the model, or a parent holding the published folder name)."""
+    from ..registry import get_model
+
+    folder_name = get_model(bscore_id).config["folder"]
+    for d in (search if search is not None else default_search_dirs()):
+        d = Path(d)
+        if (d / folder_name / "model.json").is_file():
+            return d / folder_name
+    return None
