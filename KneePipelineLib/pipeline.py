@@ -115,6 +115,8 @@ def step_segmentation(ctx: RunContext) -> None:
     for w in (res.model or {}).get("warnings", []) or []:
         ctx.warn(w)
     ctx.manifest.models["segmentation"] = _jsonable(res.model)
+    if (res.model or {}).get("device"):
+        ctx.manifest.environment["device"] = str(res.model["device"])
     ctx.output("segmentation.nii.gz", "labelmap", lambda p: write_volume(res.labels, p), step="segmentation",
                description="Segmentation (canonical labels)", coordinate_system="LPS", structure="tissues",
                labels={str(k): v for k, v in L.TISSUES.items()})
@@ -325,7 +327,8 @@ def step_nsm(ctx: RunContext) -> None:
             doc["bscore_model"] = {"path": str(bs_model.path), "sha256": bs_model.sha256,
                                    "registry_id": bs_model.registry_id}
         ctx.results["nsm"][model_id] = doc
-        ctx.manifest.models[model_id] = {"path": str(model_dir), "epoch": model.epoch}
+        ctx.manifest.models[model_id] = {"path": str(model_dir), "epoch": model.epoch, "device": fit.device}
+        ctx.manifest.environment.setdefault("device", fit.device)
         for obj, poly in fit.meshes.items():
             ctx.output("nsm/%s_%s.%s" % (model_id, obj, o.mesh_format), "mesh",
                        lambda p, poly=poly: write_mesh(poly, p, o.mesh_format), step="nsm",
