@@ -48,6 +48,8 @@ class RunContext:
     manifest: Manifest
     work_dir: Path
     data: Dict[str, Any] = field(default_factory=dict)   # in-memory hand-over between steps
+    previous: Optional[Manifest] = None                  # the folder's earlier manifest (--resume)
+    step_extra: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # merged into manifest.steps[name]
     results: Dict[str, Any] = field(default_factory=dict)  # what goes into results.json
 
     # -- atomic outputs -----------------------------------------------------------------------
@@ -105,11 +107,57 @@ def step_input(ctx: RunContext) -> None:
     sub(1.0, "inputs read")
 
 
+def _file_fingerprint(path: Optional[str]) -> Any:
+    if not path:
+        return None
+    p = Path(path).resolve()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [str(p)] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def segmentation_key(options: RunOptions) -> str:
+    """What decides a segmentation: the input (path, sizes, times) and the model options."""
+    import hashlib
+
+    keep = {k: getattr(options, k) for k in ("model", "model_dir", "folds", "checkpoint", "tta", "step_size",
+                                               "postprocess")}
+    keep["image"] = _file_fingerprint(options.image)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reuse_segmentation(ctx: RunContext, key: str) -> bool:
+    """--resume: take the previous run's segmentation when it was made from the same input and options."""
+    from .io.readers import read_labels
+
+    prev = ctx.previous
+    if not (ctx.options.resume and prev is not None):
+        return False
+    st = prev.steps.get("segmentation") or {}
+    entries = [o for o in prev.outputs if o.path == "segmentation.nii.gz"]
+    if st.get("status") != "complete" or st.get("key") != key or not entries:
+        return False
+    if not (ctx.out_dir / entries[0].path).is_file():
+        return False
+    labels = read_labels(ctx.out_dir / entries[0].path)
+    if not labels.same_geometry(ctx.data["image"], tol=1e-3):
+        return False
+    ctx.data["labels"] = labels
+    ctx.manifest.add(entries[0])
+    ctx.manifest.models["segmentation"] = prev.models.get("segmentation", {})
+    ctx.step_extra["segmentation"] = {"key": key, "reused": True}
+    ctx.progress.step("segmentation", 1.0, "segmentation reused from the previous run (same input and options)")
+    return True
+
+
 def step_segmentation(ctx: RunContext) -> None:
     from .io.readers import write_volume
     from .segmentation import segment
     from . import labels as L
 
+    key = segmentation_key(ctx.options)
+    if _reuse_segmentation(ctx, key):
+        return
+    ctx.step_extra["segmentation"] = {"key": key}
     res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
     ctx.data["labels"] = res.labels
     for w in (res.model or {}).get("warnings", []) or []:
@@ -498,6 +546,11 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
     work = out_dir / WORK_DIR
     work.mkdir(exist_ok=True)
     ctx = RunContext(options, out_dir, progress, manifest, work)
+    if options.resume:
+        try:
+            ctx.previous = load_manifest(str(out_dir))
+        except (OSError, ValueError, TypeError):
+            ctx.previous = None
     manifest.write(str(out_dir))
     try:
         with _Deadline(options.timeout_s, options.step_timeouts_s) as deadline:
@@ -523,7 +576,8 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
                     continue
                 finally:
                     gc.collect()
-                manifest.steps[s.name] = {"status": "complete", "seconds": round(time.time() - t0, 3)}
+                manifest.steps[s.name] = dict(ctx.step_extra.get(s.name, {}), status="complete",
+                                              seconds=round(time.time() - t0, 3))
                 progress.step(s.name, 1.0, s.name + " done")
                 manifest.write(str(out_dir))
         manifest.environment = environment_info(manifest.environment.get("device"))

@@ -184,3 +184,28 @@ def test_in_process_run_gives_the_same_segmentation(cli_run, case, tmp_path):
     manifest = run(opts, Progress(sink=lambda e: None), command="run")
     assert manifest.status == "complete"
     assert np.array_equal(_segmentation(tmp_path / "run"), _segmentation(cli_run["out"]))
+
+
+def test_resume_reuses_the_segmentation_after_a_later_step_failed(case, tmp_path):
+    """A run that fails after segmentation (here: a bone+cartilage NSM request with a bone-only model) is
+    resumed: the minutes of segmentation are not repeated, and changed model options are not reused."""
+    from KneePipelineLib.errors import ModelInvalidError
+
+    out = tmp_path / "run"
+    nsm_small = ROOT / "Testing" / "fixtures" / "nsm_small"
+    base = dict(out_dir=str(out), image=str(case["image"]), model="nnunet_fullres", model_dir=str(MODEL_DIR),
+                device="cpu", report=False)
+    with pytest.raises(ModelInvalidError):
+        run(RunOptions(nsm="bone_cartilage", nsm_dir=str(nsm_small), **base))
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["status"] == "failed" and first["steps"]["segmentation"]["status"] == "complete"
+    seg_mtime = (out / "segmentation.nii.gz").stat().st_mtime_ns
+
+    m = run(RunOptions(resume=True, **base))
+    assert m.status == "complete" and m.steps["segmentation"].get("reused") is True
+    assert m.steps["segmentation"]["seconds"] < 5
+    assert (out / "segmentation.nii.gz").stat().st_mtime_ns == seg_mtime
+    assert m.models["segmentation"]["id"] == "nnunet_fullres"
+
+    m2 = run(RunOptions(resume=True, postprocess=False, **{k: v for k, v in base.items()}))
+    assert not m2.steps["segmentation"].get("reused")   # other model options: segment again

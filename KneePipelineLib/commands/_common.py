@@ -68,7 +68,9 @@ def add_run_control_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run control")
     g.add_argument("--out", required=True, help="output (run) folder")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip the QC report")
-    g.add_argument("--resume", action="store_true", help="skip the run when its outputs are complete and match")
+    g.add_argument("--resume", action="store_true",
+                   help="reuse earlier work in --out: skip a complete run with the same options; otherwise reuse "
+                        "its segmentation when the image and model options are unchanged")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="whole-run time limit in seconds")
     g.add_argument("--step-timeout", dest="step_timeouts_s", action="append", type=_step_limit, metavar="STEP=SECONDS",
                    help="time limit of one step (repeatable), e.g. --step-timeout segmentation=900")
