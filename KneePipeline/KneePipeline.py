@@ -12,7 +12,6 @@ import tempfile
 import time
 from typing import Annotated, Optional, Union
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -33,6 +32,11 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
 else:  # pragma: no cover - broken installation
     LIBRARY_PARENT = _HERE
 
+from KneePipelineLib.registry import list_models  # noqa: E402  (stdlib-only; needs the sys.path above)
+
+# The model combo's choices: parameterNodeWrapper binds a QComboBox only to a field annotated with Choice
+# (it fills the combo from the choices itself), so the registry's ids are read once, here.
+SEGMENTATION_MODELS = [m.id for m in list_models(kind="segmentation")]
 SETTINGS_PYTHON = "KneePipeline/PythonEnvironment"
 POLL_INTERVAL_MS = 200
 SAMPLE_LABELS_ENV = "KNEEPIPELINE_SAMPLE_LABELS"
@@ -64,9 +68,10 @@ class KneePipeline(ScriptedLoadableModule):
 @parameterNodeWrapper
 class KneePipelineParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
-    inputLabels: Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode]
+    # A union of node types must include None, or the wrapper cannot store "nothing selected" (its default).
+    inputLabels: Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
     labelConvention: Annotated[str, Choice(["dosma", "pymskt"])] = "dosma"
-    model: str = "nnunet_fullres"
+    model: Annotated[str, Choice(SEGMENTATION_MODELS)] = "nnunet_fullres"
     nsm: Annotated[str, Choice(["none", "bone_cartilage", "bone_only", "both"])] = "none"
     t2Enabled: bool = False
     echoesPath: pathlib.Path
@@ -84,6 +89,46 @@ class KneePipelineParameterNode:
 def _path_or_none(p) -> Optional[str]:
     s = str(p) if p is not None else ""
     return None if s in ("", ".") else s
+
+
+def segmentation_to_canonical_labelmap(segNode, referenceVolume=None):
+    """Segments named like the canonical tissues (femur, femoral_cartilage, ...) -> a new label map node in
+    the segmentation's scene with the canonical label values (segment names looked up in a colour table).
+    Other segments are left out. The caller removes the returned node when done with it."""
+    from KneePipelineLib import labels as L
+    from KneePipelineLib.errors import LabelConventionError
+
+    scene = segNode.GetScene()
+    seg = segNode.GetSegmentation()
+    names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+    known = [n for n in names if n in L.TISSUE_CODES]
+    if not known:
+        raise LabelConventionError("None of the segments (%s) is named like a knee tissue." % ", ".join(names),
+                                   hint="Name segments femur, tibia, patella, femoral_cartilage, ... or export "
+                                        "the segmentation to a label map and choose its convention.")
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "KneePipeline export colors")
+    labelmap = None
+    try:
+        colors.SetTypeToUser()
+        colors.SetNumberOfColors(max(L.TISSUES) + 1)
+        colors.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+        for value, name in L.TISSUES.items():
+            colors.SetColor(value, name, 1.0, 1.0, 1.0, 1.0)
+        ids = vtk.vtkStringArray()
+        for name in known:
+            ids.InsertNextValue(seg.GetSegmentIdBySegmentName(name))
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "KneePipeline export")
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segNode, ids, labelmap, referenceVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colors)
+        if not ok:
+            raise RuntimeError("Could not export the segmentation %s to a label map." % segNode.GetName())
+    except BaseException:
+        if labelmap is not None:
+            scene.RemoveNode(labelmap)
+        raise
+    finally:
+        scene.RemoveNode(colors)
+    return labelmap
 
 
 #
@@ -108,19 +153,14 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = KneePipelineLogic()
 
-        from KneePipelineLib.registry import list_models
-
-        self.ui.modelComboBox.clear()
-        for m in list_models(kind="segmentation"):
-            self.ui.modelComboBox.addItem(m.id)
-            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, m.display_name, qt.Qt.ToolTipRole)
-
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPoll)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # Slicer calls cleanup() when it unloads the module at exit; aboutToQuit comes earlier, while the
+        # pipeline process can still be stopped cleanly.
         slicer.app.connect("aboutToQuit()", self.cleanup)
 
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
@@ -132,12 +172,17 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Module closed or Slicer quitting: stop the background process, drop observers."""
-        if self.logic is not None:
-            self.logic.cancel(wait=True)
+        """Module unloaded (reload, exit) or Slicer quitting: stop the background process, drop observers.
+        Safe to call more than once."""
         if self._timer is not None:
             self._timer.stop()
+        if self.logic is not None:
+            self.logic.cancel(wait=True)
         self.removeObservers()
+        try:
+            slicer.app.disconnect("aboutToQuit()", self.cleanup)
+        except Exception:  # already disconnected
+            pass
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -149,7 +194,9 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.logic is not None and self.logic.running:
+        # A run exports from and loads into this scene: stop it. An environment set-up does not depend on
+        # the scene and keeps going.
+        if self._job == "run" and self.logic is not None and self.logic.running:
             self.logic.cancel(wait=True)
             self._appendLog("Run cancelled: the scene was closed.")
         self.setParameterNode(None)
@@ -169,16 +216,29 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             default = self.logic.defaultPython()
             if default:
                 p.pythonEnvironment = pathlib.Path(default)
+        if not _path_or_none(p.outputDirectory):
+            # an unset pathlib.Path is Path("."), which the path line edit would show as "."
+            p.outputDirectory = pathlib.Path(self.logic.defaultOutputFolder())
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+            self._parameterNodeGuiTag = None
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRun)
+            self._setModelToolTips()
             self._checkCanRun()
+
+    def _setModelToolTips(self) -> None:
+        """connectGui refills the model combo from the Choice annotation; give its items the display names."""
+        names = {m.id: m.display_name for m in list_models(kind="segmentation")}
+        combo = self.ui.modelComboBox
+        for i in range(combo.count):
+            combo.setItemData(i, names.get(combo.itemText(i), ""), qt.Qt.ToolTipRole)
 
     def _checkCanRun(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -193,30 +253,45 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- actions --------------------------------------------------------------------------------
     def onRunButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not start the pipeline.", waitCursor=True):
-            self.ui.logTextEdit.clear()
-            self.ui.resultsLabel.text = "Running..."
-            self.ui.openReportButton.enabled = False
-            self.logic.startRun(self._parameterNode)
-            self._startFollowing("run")
+        self.ui.logTextEdit.clear()
+        self.ui.openReportButton.enabled = False
+        try:
+            # shows the message (and the KneePipelineError's hint, part of str(error)), then re-raises
+            with slicer.util.tryWithErrorDisplay("Could not start the pipeline.", waitCursor=True):
+                self.logic.startRun(self._parameterNode)
+        except Exception as exc:
+            self.ui.resultsLabel.text = "Not started."
+            self._appendLog("ERROR: %s" % exc)
+            self._checkCanRun()
+            return
+        self.ui.resultsLabel.text = "Running..."
+        self._startFollowing("run")
 
     def onCancelButton(self) -> None:
         self.logic.cancel(wait=False)
         self.ui.stepLabel.text = "Cancelling..."
 
     def onSetupEnvButton(self) -> None:
+        if self.logic.running:
+            return
         target = self.logic.defaultEnvironmentFolder()
         if not slicer.util.confirmOkCancelDisplay(
                 "Create the pipeline environment in\n%s\n\nThis downloads several GB (torch, nnU-Net) and takes "
                 "a while. Slicer's own Python is not changed." % target, windowTitle="KneePipeline set-up"):
             return
-        with slicer.util.tryWithErrorDisplay("Could not start the set-up.", waitCursor=True):
-            self.ui.logTextEdit.clear()
-            self.ui.logCollapsibleButton.collapsed = False
-            self.logic.startEnvironmentSetup(target)
-            self._startFollowing("setup")
+        self.ui.logTextEdit.clear()
+        self.ui.logCollapsibleButton.collapsed = False
+        try:
+            with slicer.util.tryWithErrorDisplay("Could not start the set-up.", waitCursor=True):
+                self.logic.startEnvironmentSetup(target)
+        except Exception as exc:
+            self._appendLog("ERROR: %s" % exc)
+            return
+        self._startFollowing("setup")
 
     def onCheckEnvButton(self) -> None:
+        if not self._parameterNode:
+            return
         with slicer.util.tryWithErrorDisplay("Could not check the environment.", waitCursor=True):
             info = self.logic.checkEnvironment(_path_or_none(self._parameterNode.pythonEnvironment) or "")
             if info.get("usable"):
@@ -227,10 +302,13 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.envStatusLabel.text = info.get("problem", "Not usable.")
 
     def onLoadRunButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(None, "KneePipeline run folder")
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "KneePipeline run folder")
         if folder:
             with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                self._showResults(self.logic.loadResults(folder, replace=self._parameterNode.replaceResults))
+                self._showResults(self.logic.loadResults(folder, replace=self._replaceResults()))
+
+    def _replaceResults(self) -> bool:
+        return bool(self._parameterNode.replaceResults) if self._parameterNode else True
 
     def onOpenReportButton(self) -> None:
         if self._loaded is not None and self._loaded.report_path:
@@ -265,23 +343,27 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.stepLabel.text = "Step %d/%d: %s - %s%s" % (s.step_index, s.step_total, s.step, s.message, eta)
         if s.done:
             self._timer.stop()
-            self._onFinished(s)
-            self._checkCanRun()
+            try:
+                self._onFinished(s)
+            finally:
+                self._checkCanRun()   # re-enable Run even when loading the results failed
 
     def _onFinished(self, s) -> None:
         job, self._job = self._job, None
+        self.logic.removeTempFiles()   # the exported inputs, whatever the outcome
         if s.state == "complete":
             self.ui.progressBar.value = 100
             self.ui.stepLabel.text = "Done in %.0f s." % s.elapsed_s
             if job == "setup":
                 python = (s.result or {}).get("python")
                 if python:
-                    self._parameterNode.pythonEnvironment = pathlib.Path(python)
+                    if self._parameterNode:
+                        self._parameterNode.pythonEnvironment = pathlib.Path(python)
                     slicer.app.userSettings().setValue(SETTINGS_PYTHON, python)
                 self.ui.envStatusLabel.text = "Environment ready: %s" % python
                 return
             with slicer.util.tryWithErrorDisplay("The run finished but its results could not be loaded.", waitCursor=True):
-                self._showResults(self.logic.loadResults(self.logic.outDir, replace=self._parameterNode.replaceResults))
+                self._showResults(self.logic.loadResults(self.logic.outDir, replace=self._replaceResults()))
             return
         err = s.error or {}
         self.ui.stepLabel.text = "%s: %s" % (s.state.capitalize(), err.get("message", ""))
@@ -296,7 +378,8 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.openReportButton.enabled = bool(loaded.report_path)
-        self.logic.showResults(loaded)
+        background = self._parameterNode.inputVolume if self._parameterNode else None
+        self.logic.showResults(loaded, background=background)
 
 
 #
@@ -317,6 +400,16 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
     # -- environment ----------------------------------------------------------------------------
     def settingsFolder(self) -> str:
         return os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+
+    def defaultOutputFolder(self) -> str:
+        """Where runs go when the user chose no folder: a KneePipeline folder in Slicer's temporary folder."""
+        return os.path.join(slicer.app.temporaryPath, "KneePipeline")
+
+    @staticmethod
+    def childBaseEnvironment() -> dict:
+        """The environment for every foreign Python this module starts or probes: Slicer's *startup*
+        environment (Slicer's own sets PYTHONHOME/PYTHONPATH for its Python, which breaks another one)."""
+        return dict(slicer.util.startupEnvironment())
 
     def defaultEnvironmentFolder(self) -> str:
         from KneePipelineLib import envsetup
@@ -345,18 +438,18 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
     def checkEnvironment(self, path: str) -> dict:
         from KneePipelineLib import envsetup
 
-        return envsetup.check_environment(self.resolvePython(path))
+        return envsetup.check_environment(self.resolvePython(path), env=self.childBaseEnvironment())
 
     def startEnvironmentSetup(self, envDir: str):
         from KneePipelineLib import envsetup, runner
         from KneePipelineLib.errors import ConfigurationError
 
-        base = envsetup.find_base_python()
+        base = envsetup.find_base_python(env=self.childBaseEnvironment())
         if not base:
             raise ConfigurationError("No Python 3.10 or newer was found on this computer to build the environment from.",
                                      hint="Install Python 3.11 (python.org or conda), or choose an existing environment.")
         cmd = [base, "-u", "-m", "KneePipelineLib.envsetup", "--env-dir", envDir, "--forbid-python", sys.executable]
-        env = runner.child_environment(slicer.util.startupEnvironment(), [LIBRARY_PARENT])
+        env = runner.child_environment(self.childBaseEnvironment(), [LIBRARY_PARENT])
         self.runner = runner.PipelineRunner(cmd, env=env).start()
         return self.runner
 
@@ -376,58 +469,34 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
             node = params.inputLabels
             labels = os.path.join(workDir, "input_labels.nrrd")
             if node.IsA("vtkMRMLSegmentationNode"):
-                node = self._segmentationToCanonicalLabelmap(node, params.inputVolume)
-                convention = "dosma"
-                self._export(node, labels)
-                slicer.mrmlScene.RemoveNode(node)
+                exported = segmentation_to_canonical_labelmap(node, params.inputVolume)
+                try:
+                    self._export(exported, labels)
+                finally:
+                    exported.GetScene().RemoveNode(exported)
+                convention = "dosma"   # segment names -> canonical (DOSMA) values
             else:
                 self._export(node, labels)
         return image, labels, convention
 
     def _export(self, node, path: str) -> None:
-        if hasattr(slicer.util, "exportNode"):
-            slicer.util.exportNode(node, path)
-        else:  # pragma: no cover - Slicer < 5.2
-            storage = node.CreateDefaultStorageNode()
-            storage.SetFileName(path)
-            if not storage.WriteData(node):
-                raise RuntimeError("Could not write %s." % path)
+        """Write ``node`` to ``path`` in world coordinates (a parent transform is hardened into the copy, so the
+        results line up with what the user sees); the scene's own node and storage are not changed."""
         self._tempFiles.append(path)
-
-    def _segmentationToCanonicalLabelmap(self, segNode, referenceVolume):
-        """Segments named like the canonical tissues (femur, femoral_cartilage, ...) -> canonical values."""
-        from KneePipelineLib import labels as L
-        from KneePipelineLib.errors import LabelConventionError
-
-        seg = segNode.GetSegmentation()
-        names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
-        known = [n for n in names if n in L.TISSUE_CODES]
-        if not known:
-            raise LabelConventionError("None of the segments (%s) is named like a knee tissue." % ", ".join(names),
-                                       hint="Name segments femur, tibia, patella, femoral_cartilage, ... or export "
-                                            "the segmentation to a label map and choose its convention.")
-        colors = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "KneePipeline export colors")
-        colors.SetTypeToUser()
-        colors.SetNumberOfColors(max(L.TISSUES) + 1)
-        for value, name in L.TISSUES.items():
-            colors.SetColor(value, name, 1.0, 1.0, 1.0, 1.0)
-        ids = vtk.vtkStringArray()
-        for name in known:
-            ids.InsertNextValue(seg.GetSegmentIdBySegmentName(name))
-        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "KneePipeline export")
-        ok = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segNode, ids, labelmap, referenceVolume,
-                                                                               slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
-                                                                               colors)
-        slicer.mrmlScene.RemoveNode(colors)
-        if not ok:
-            slicer.mrmlScene.RemoveNode(labelmap)
-            raise RuntimeError("Could not export the segmentation to a label map.")
-        return labelmap
+        # a fresh properties dict each call: exportNode stores the chosen fileFormat in it
+        if not slicer.util.exportNode(node, path, {}, world=True):
+            raise RuntimeError("Could not write %s to %s (see the error log)." % (node.GetName(), path))
 
     def buildOptions(self, params, image: Optional[str], labels: Optional[str], convention: str, outDir: str):
         from KneePipelineLib.options import RunOptions
 
+        from KneePipelineLib.errors import ConfigurationError
+
         echoes = _path_or_none(params.echoesPath) if params.t2Enabled else None
+        if params.t2Enabled and not echoes:
+            raise ConfigurationError("T2 mapping is on but no echo images were chosen.",
+                                     hint="Choose the multi-echo series (DICOM folder, zip or 4D volume), or turn "
+                                          "T2 mapping off.")
         opts = RunOptions(out_dir=outDir, image=image, labels=labels, label_convention=convention,
                           model=params.model or "nnunet_fullres", device=params.device, tta=bool(params.tta),
                           step_size=float(params.stepSize), bone_smooth_var_mm2=float(params.boneSmoothVarMm2),
@@ -437,9 +506,7 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
         return opts.validate()
 
     def newOutputFolder(self, params) -> str:
-        base = _path_or_none(params.outputDirectory)
-        if base is None:
-            base = os.path.join(slicer.app.temporaryPath, "KneePipeline")
+        base = _path_or_none(params.outputDirectory) or self.defaultOutputFolder()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = (params.inputVolume or params.inputLabels).GetName() if (params.inputVolume or params.inputLabels) else "run"
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
@@ -449,20 +516,32 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
 
     def startRun(self, params, python: Optional[str] = None):
         from KneePipelineLib import runner
+        from KneePipelineLib.errors import ConfigurationError
 
         if self.running:
             raise RuntimeError("A run is already in progress.")
         python = self.resolvePython(python or _path_or_none(params.pythonEnvironment))
+        if not (params.inputVolume or params.inputLabels):
+            raise ConfigurationError("No input selected.", hint="Select a knee MRI or an existing segmentation.")
         outDir = self.newOutputFolder(params)
+        os.makedirs(slicer.app.temporaryPath, exist_ok=True)
         workDir = tempfile.mkdtemp(prefix="KneePipeline-inputs-", dir=slicer.app.temporaryPath)
-        image, labels, convention = self.exportInputs(params, workDir)
-        opts = self.buildOptions(params, image, labels, convention, outDir)
+        try:
+            image, labels, convention = self.exportInputs(params, workDir)
+            opts = self.buildOptions(params, image, labels, convention, outDir)
+        except BaseException:
+            self.removeTempFiles()
+            raise
         self.outDir = outDir
         logging.info("KneePipeline: %s -m KneePipelineLib %s", python, " ".join(opts.to_argv()))
         # Hard limit slightly above the pipeline's own time limit, so the pipeline reports it first.
         hard = opts.timeout_s * 1.1 + 30 if opts.timeout_s else None
-        self.runner = runner.start_pipeline(python, opts.to_argv(), env=slicer.util.startupEnvironment(),
-                                            pythonpath=[LIBRARY_PARENT], timeout_s=hard, out_dir=outDir)
+        try:
+            self.runner = runner.start_pipeline(python, opts.to_argv(), env=slicer.util.startupEnvironment(),
+                                                pythonpath=[LIBRARY_PARENT], timeout_s=hard, out_dir=outDir)
+        except BaseException:
+            self.removeTempFiles()
+            raise
         return self.runner
 
     def cancel(self, wait: bool = False) -> None:
@@ -472,10 +551,20 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
             self.removeTempFiles()
 
     def removeTempFiles(self) -> None:
+        """Delete the exported inputs and their folder (never called while a run reads them)."""
+        if self.running:
+            return
+        folders = []
         for path in self._tempFiles:
             try:
                 os.remove(path)
-                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass
+            if os.path.dirname(path) not in folders:
+                folders.append(os.path.dirname(path))
+        for folder in folders:
+            try:
+                os.rmdir(folder)
             except OSError:
                 pass
         self._tempFiles = []
@@ -486,14 +575,12 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
         self.removeTempFiles()
         return load_run(slicer.mrmlScene, runDir, replace=replace)
 
-    def showResults(self, loaded) -> None:
-        """Slice views show the sub-regions; a plot view shows the regional thickness chart."""
+    def showResults(self, loaded, background=None) -> None:
+        """Slice views show the sub-regions over ``background`` (the input MRI; None keeps the current
+        background); a plot view shows the regional thickness chart."""
         if loaded.regions is not None:
-            background = None
-            for node in loaded.volumes.values():
-                if node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
-                    background = node
-            slicer.util.setSliceViewerLayers(background=background, label=loaded.regions, fit=True)
+            slicer.util.setSliceViewerLayers(background=background if background is not None else "keep-current",
+                                             label=loaded.regions, fit=True)
         if loaded.chart is not None:
             slicer.modules.plots.logic().ShowChartInLayout(loaded.chart)
 
@@ -507,6 +594,7 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
             time.sleep(0.1)
         if self.runner.running:
             self.runner.cancel(wait=True)
+        self.removeTempFiles()
         return self.runner.status
 
 

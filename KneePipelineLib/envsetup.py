@@ -162,14 +162,18 @@ def resolve_python(path: str) -> str:
                              hint="Press 'Set up' to create it, or choose an existing Python.")
 
 
-def find_base_python(candidates: Sequence[str] = ()) -> Optional[str]:
-    """A Python >= 3.10 on this machine to build the venv from (never Slicer's own)."""
+def find_base_python(candidates: Sequence[str] = (), env: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """A Python >= 3.10 on this machine to build the venv from (never Slicer's own).
+
+    ``env``: the environment to search ``PATH`` in and to probe with (inside Slicer:
+    ``slicer.util.startupEnvironment()``, since Slicer's own environment sets PYTHONHOME for its Python)."""
     names = list(candidates) + ["python3.13", "python3.12", "python3.11", "python3.10", "python3", "python"]
+    search_path = env.get("PATH") if env is not None else None
     for name in names:
-        exe = name if os.path.isabs(name) else shutil.which(name)
+        exe = name if os.path.isabs(name) else shutil.which(name, path=search_path)
         if not exe or not os.path.isfile(exe):
             continue
-        info = probe_python(exe, imports=())
+        info = probe_python(exe, imports=(), env=env)
         if info.get("ok") and tuple(info["version"][:2]) >= MIN_PYTHON and not info.get("in_slicer"):
             return exe
     return None
@@ -194,11 +198,13 @@ print(json.dumps(out))
 """
 
 
-def probe_python(python: str, imports: Sequence[str] = REQUIRED_IMPORTS, timeout_s: float = 120.0) -> Dict[str, Any]:
-    """Ask ``python`` for its version and which of ``imports`` it has (never imports them here)."""
+def probe_python(python: str, imports: Sequence[str] = REQUIRED_IMPORTS, timeout_s: float = 120.0,
+                 env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Ask ``python`` for its version and which of ``imports`` it has (never imports them here).
+    ``env``: the probe's environment (default: this process's)."""
     try:
         out = subprocess.run([python, "-c", _PROBE % (tuple(imports),)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout_s)
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout_s, env=env)
     except (OSError, subprocess.SubprocessError) as exc:
         return {"ok": False, "error": str(exc)}
     if out.returncode != 0:
@@ -212,9 +218,9 @@ def probe_python(python: str, imports: Sequence[str] = REQUIRED_IMPORTS, timeout
     return info
 
 
-def check_environment(python: str) -> Dict[str, Any]:
-    """What the panel shows for a chosen Python: usable or not, and why."""
-    info = probe_python(python)
+def check_environment(python: str, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """What the panel shows for a chosen Python: usable or not, and why (``env`` as in :func:`probe_python`)."""
+    info = probe_python(python, env=env)
     if not info.get("ok"):
         info["usable"] = False
         info["problem"] = "The Python at %s does not run: %s" % (python, info.get("error"))

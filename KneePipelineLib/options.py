@@ -11,6 +11,9 @@ DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 MESH_FORMATS = ("vtp", "vtk")
 CHECKPOINTS = ("best", "final")
 QDESS_KEYS = ("tr_ms", "te_ms", "flip_deg", "tg_us", "gl_area", "t1_ms", "diffusivity_m2_s")
+# `run` flags that are not "--" + the field name (commands/_common.py); to_argv must use the CLI's spelling.
+CLI_FLAGS = {"timeout_s": "--timeout"}
+CLI_BOOL_FLAGS = {"t2_drop_first_echo": {False: "--keep-first-echo"}}
 
 
 @dataclass
@@ -119,8 +122,10 @@ class RunOptions:
             value = getattr(self, f.name)
             if value == getattr(default, f.name):
                 continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
+            flag = CLI_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+            if isinstance(value, bool) and f.name in CLI_BOOL_FLAGS:
+                argv.append(CLI_BOOL_FLAGS[f.name][value])
+            elif isinstance(value, bool):
                 argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
             elif isinstance(value, list):
                 argv.append(flag)

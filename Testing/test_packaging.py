@@ -19,7 +19,8 @@ PY39_FILES = ["KneePipeline/KneePipeline.py", "KneePipelineLib/__init__.py", "Kn
 
 
 def _library_files():
-    return sorted(str(p.relative_to(ROOT)).replace("\\", "/") for p in LIB.rglob("*.py")
+    """Library files relative to KneePipelineLib/ (how KneePipelineLib/CMakeLists.txt lists them)."""
+    return sorted(str(p.relative_to(LIB)).replace("\\", "/") for p in LIB.rglob("*.py")
                   if "__pycache__" not in p.parts)
 
 
@@ -53,12 +54,12 @@ def test_module_folder_has_exactly_one_python_file():
 
 
 def test_every_library_file_is_listed_in_cmake():
-    listed = _cmake_list((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"), "KneePipelineLib_PYTHON_SCRIPTS")
+    listed = _cmake_list((LIB / "CMakeLists.txt").read_text(encoding="utf-8"), "KneePipelineLib_PYTHON_SCRIPTS")
     on_disk = _library_files()
     missing = sorted(set(on_disk) - set(listed))
     stale = sorted(set(listed) - set(on_disk))
-    assert not missing, ("library files not packaged: add %s to KneePipelineLib_PYTHON_SCRIPTS in the top-level "
-                         "CMakeLists.txt (or run `python tools/update_cmake_lists.py`)" % ", ".join(missing))
+    assert not missing, ("library files not packaged: add %s to KneePipelineLib_PYTHON_SCRIPTS in "
+                         "KneePipelineLib/CMakeLists.txt (or run `python tools/update_cmake_lists.py`)" % ", ".join(missing))
     assert not stale, "CMakeLists.txt lists files that do not exist: %s" % ", ".join(stale)
 
 
@@ -69,11 +70,29 @@ def test_top_level_cmake_is_a_slicer_extension():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(r"set\(%s " % var, text), var
     order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
-                                     "add_subdirectory(KneePipeline)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                     "add_subdirectory(KneePipelineLib)", "add_subdirectory(KneePipeline)\n",
+                                     "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
                                      "include(${Slicer_EXTENSION_CPACK})")]
     assert order == sorted(order)
-    lib = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S).group(1)
-    assert "NAME KneePipelineLib" in lib and "WITH_SUBDIR" in lib
+
+
+def test_library_is_built_with_subdir_from_its_own_folder():
+    """slicerMacroBuildScriptedModule(... WITH_SUBDIR) copies SCRIPTS to <qt-scripted-modules>/<name of the
+    folder whose CMakeLists.txt calls it>/<script path>. Called from the top level, the package would land in
+    <qt-scripted-modules>/<repository folder>/KneePipelineLib/ where the module does not look; called from
+    KneePipelineLib/ (like Slicer's DICOMLib) with paths relative to it, it lands in
+    <qt-scripted-modules>/KneePipelineLib/, beside KneePipeline.py."""
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert not re.search(r"^slicerMacroBuildScriptedModule", top, re.M), "build the library from KneePipelineLib/"
+    text = (LIB / "CMakeLists.txt").read_text(encoding="utf-8")
+    call = re.search(r"^slicerMacroBuildScriptedModule\((.*?)\)", text, re.S | re.M).group(1).split()
+    assert call[:2] == ["NAME", "KneePipelineLib"] and "WITH_SUBDIR" in call
+    assert "SCRIPTS" in call and call[call.index("SCRIPTS") + 1] == "${KneePipelineLib_PYTHON_SCRIPTS}"
+    listed = _cmake_list(text, "KneePipelineLib_PYTHON_SCRIPTS")
+    assert "__init__.py" in listed and not any(f.startswith("KneePipelineLib/") for f in listed)
+    # the module file looks for the package beside itself (installed) or one folder up (source tree)
+    module = (MODULE_DIR / "KneePipeline.py").read_text(encoding="utf-8")
+    assert "for _folder in (_HERE, os.path.dirname(_HERE))" in module
 
 
 def test_module_cmake_lists_script_resources_and_tests():
@@ -101,10 +120,14 @@ def test_catalog_entry_follows_schema_v102():
     entry = json.loads((ROOT / "KneePipeline.json").read_text(encoding="utf-8"))
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert {"$schema", "category", "scm_url"} <= set(entry)
-    allowed = {"$schema", "category", "scm_url", "scm_revision", "tier", "build_dependencies", "build_subdirectory",
-               "enabled"}
+    # the properties of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (additionalProperties: false)
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed, set(entry) - allowed
     assert entry["scm_url"].endswith(".git")
+    assert all(isinstance(entry[k], str) for k in ("category", "scm_url", "scm_revision") if k in entry)
+    if "tier" in entry:
+        assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
     cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert 'set(EXTENSION_CATEGORY "%s")' % entry["category"] in cmake
 

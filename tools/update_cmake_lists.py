@@ -1,4 +1,4 @@
-"""Rewrite the glob-free KneePipelineLib file list in the top-level CMakeLists.txt from the .py files on disk.
+"""Rewrite the glob-free file list in KneePipelineLib/CMakeLists.txt from the .py files on disk.
 
 Slicer packages only the files listed there; Testing/test_packaging.py fails when the list is stale.
 Run: python tools/update_cmake_lists.py
@@ -16,12 +16,12 @@ def library_files():
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
         for f in sorted(filenames):
             if f.endswith(".py"):
-                out.append(os.path.relpath(os.path.join(dirpath, f), ROOT).replace(os.sep, "/"))
+                out.append(os.path.relpath(os.path.join(dirpath, f), LIB).replace(os.sep, "/"))
     return sorted(out)
 
 
 def main():
-    path = os.path.join(ROOT, "CMakeLists.txt")
+    path = os.path.join(LIB, "CMakeLists.txt")   # paths relative to KneePipelineLib/ (WITH_SUBDIR)
     text = open(path, encoding="utf-8").read()
     start = text.index(BEGIN) + len(BEGIN)
     stop = text.index(END, start)
