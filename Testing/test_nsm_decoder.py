@@ -192,3 +192,48 @@ def test_wrong_latent_size_for_sdf(tmp_path):
     model = load_nsm(write_model(tmp_path / "m", SMALL, published_state_dict(SMALL)), device="cpu")
     with pytest.raises(NsmError):
         model.sdf(np.zeros(9), np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("summed", [True, False])
+def test_fit_path_matches_plain_autograd(tmp_path, summed):
+    """The fitting path (texels gathered once per vertex, hand-written MLP backward with reused buffers)
+    gives the SDF and the latent gradient of plain autograd through ``planes`` + ``query``, including points
+    outside [-1.1, 1.1] (border) and on the grid edges, on two consecutive steps (buffers reused)."""
+    from KneePipelineLib.shape.fast import FastEvaluator
+
+    torch.set_num_threads(1)
+    cfg = dict(SMALL, sum_conv_output_features=summed)
+    sd = published_state_dict(cfg, seed=6)
+    if not summed:                          # the MLP reads the three planes' features side by side
+        sd["sdf_decoder.layers.0.weight_v"] = torch.randn(32, 3 * cfg["sdf_latent_size"] + 3,
+                                                          generator=torch.Generator().manual_seed(6))
+    model = load_nsm(write_model(tmp_path / "m", cfg, sd), device="cpu")
+    dec = model.decoder
+    ev = FastEvaluator(dec)
+    xyz = torch.as_tensor(points(700, 6), dtype=torch.float32)
+    xyz[:3] = torch.tensor([[1.10001, -1.10001, 0.0], [0.0, 1.10001, -1.10001], [1.10001, 1.10001, 1.10001]])
+    idx, w = ev.corners(xyz)
+    target = torch.as_tensor(np.random.default_rng(6).uniform(-0.1, 0.1, (len(xyz), 2)), dtype=torch.float32)
+    for step in range(2):
+        z = torch.as_tensor(np.random.default_rng(step).normal(scale=0.5, size=8), dtype=torch.float32)
+        grads, sdfs = [], []
+        for fast in (False, True):
+            zz = z.clone().requires_grad_(True)
+            pred = ev.sdf(ev.planes(zz), idx, w, xyz) if fast else dec.query(dec.planes(zz), xyz)
+            (pred - target).abs().sum(1).mean().backward()
+            grads.append(zz.grad.numpy())
+            sdfs.append(pred.detach().numpy())
+        assert np.abs(sdfs[0] - sdfs[1]).max() < 1e-5
+        assert np.abs(grads[0] - grads[1]).max() < 1e-5 * max(1.0, np.abs(grads[0]).max())
+        assert np.abs(grads[0]).max() > 1e-4                     # the test sees a real gradient
+
+
+def test_unknown_precision_is_refused(tmp_path):
+    from KneePipelineLib.errors import ConfigurationError
+    from KneePipelineLib.shape.fast import FastEvaluator
+
+    model = load_nsm(write_model(tmp_path / "m", SMALL, published_state_dict(SMALL)), device="cpu")
+    with pytest.raises(ConfigurationError):
+        FastEvaluator(model.decoder, "fp8")
+    with pytest.raises(ConfigurationError):
+        model.fit(None, None, precision="half")

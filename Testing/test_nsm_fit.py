@@ -209,3 +209,15 @@ def test_assd_compares_a_clipped_input_like_with_like():
     assert d < 0.2 and parts["model_to_input_mean_mm"] < 0.2
     d_all, parts_all = clipped_assd(pts, tri[keep], pts, tri, None)
     assert d_all > 1.0 and parts_all["model_to_input_mean_mm"] > 1.0 and parts_all["input_to_model_mean_mm"] < 1e-9
+
+
+def test_bf16_fit_gives_the_same_shape(model, held_out, right_fit):
+    """The optional bfloat16 fit (not the default) lands on the fp32 fit's shape: ASSD within 0.05 mm,
+    latent within 5 % (bench/bench_nsm.py: 0.0004 mm and < 1 % with the published sampling)."""
+    fit = model.fit(held_out, laterality="right", seed=3, iterations=ITER, samples=SAMPLES, patience=20,
+                    mesh_resolution=RES, precision="bf16")
+    assert fit.report["precision"] == "bf16" and right_fit.report["precision"] == "fp32"
+    assert abs(fit.assd_mm["bone"] - right_fit.assd_mm["bone"]) < 0.05
+    scale = np.linalg.norm(right_fit.latent)
+    assert np.linalg.norm(fit.latent - right_fit.latent) / scale < 0.05
+    assert not np.array_equal(fit.latent, right_fit.latent)          # it did run in another precision

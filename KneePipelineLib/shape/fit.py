@@ -6,7 +6,10 @@ surface; early stop after ``patience`` steps without a lower loss; the best late
 
 Speed: the decoder's weights never need gradients, so they are frozen (requires_grad False) and the
 backward pass only computes gradients with respect to the features and the latent; the three planes
-are computed once per step (one latent) and every sample point is queried against them.
+are computed once per step (one latent) and every sample point is queried against them, through
+:class:`fast.FastEvaluator` (bilinear texels of every vertex computed once, one gather per step, a
+hand-written MLP backward with reused buffers: same maths as ``decoder.query``, 1.3 -> 1.0 s per step
+for the full-size model on one core). ``precision="bf16"`` is the optional, inexact bfloat16 mode.
 """
 from __future__ import annotations
 
@@ -148,9 +151,15 @@ def assd(a_pts, a_tri, b_pts, b_tri) -> float:
 
 def fit_latent(decoder, surfaces: Sequence[SurfaceSamples], seed: int = 0, iterations: int = 2000,
                samples: int = 10000, patience: int = 50, device=None,
-               progress: Optional[Callable[[float, str], None]] = None) -> LatentFit:
-    """Adam on one latent; deterministic for a seed on a given device and thread count."""
+               progress: Optional[Callable[[float, str], None]] = None, precision: str = "fp32") -> LatentFit:
+    """Adam on one latent; deterministic for a seed on a given device and thread count.
+
+    ``precision``: "fp32" (default, the published arithmetic) or "bf16" (bfloat16 matrix products and
+    convolutions, about 2x faster on CPUs with AVX512_BF16/AMX; not exact, see fast.py).
+    """
     import torch
+
+    from .fast import FastEvaluator
 
     dev = device or next(decoder.parameters()).device
     for p in decoder.parameters():
@@ -161,21 +170,25 @@ def fit_latent(decoder, surfaces: Sequence[SurfaceSamples], seed: int = 0, itera
     latent.requires_grad_(True)
     opt = torch.optim.Adam([latent], lr=LR)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_EVERY, gamma=1.0 / LR_FACTOR)
+    ev = FastEvaluator(decoder, precision)
     pts = [torch.from_numpy(np.ascontiguousarray(s.points, np.float32)).to(dev) for s in surfaces]
+    corners = [ev.corners(p) for p in pts]          # bilinear texels of every vertex, once
     tgt = [torch.from_numpy(np.ascontiguousarray(s.targets, np.float32)).clamp(-CLAMP, CLAMP).to(dev)
            for s in surfaces]
     best, best_z, since, hist, it = float("inf"), latent.detach().clone(), 0, [], 0
     for it in range(1, int(iterations) + 1):
-        xs, ts = [], []
-        for p, t in zip(pts, tgt):
+        xs, ts, cis, cws = [], [], [], []
+        for p, t, (ci, cw) in zip(pts, tgt, corners):
             n = len(p)
             idx = rng.choice(n, samples, replace=False) if n > samples else np.arange(n)
             idx_t = torch.from_numpy(idx).to(dev)
             xs.append(p[idx_t])
             ts.append(t[idx_t])
+            cis.append(ci[idx_t])
+            cws.append(cw[idx_t])
         x, t = torch.cat(xs), torch.cat(ts)
         opt.zero_grad(set_to_none=True)
-        pred = decoder.query(decoder.planes(latent), x).clamp(-CLAMP, CLAMP)
+        pred = ev.sdf(ev.planes(latent), torch.cat(cis), torch.cat(cws), x).clamp(-CLAMP, CLAMP)
         loss = (pred - t).abs().sum(1).mean()
         loss.backward()
         val = float(loss.detach())

@@ -52,16 +52,12 @@ def polydata_arrays(pd):
     return polydata_arrays(tri.GetOutput())
 
 
-def evaluate_grid(decoder, planes, pts: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    import torch
+def evaluate_grid(decoder, planes, pts: np.ndarray, chunk: int = 16384, precision: str = "fp32") -> np.ndarray:
+    """(N, n_objects) SDF of (N, 3) points against precomputed planes, in chunks with reused buffers
+    (``fast.FastEvaluator.evaluate``: same maths as ``decoder.query``)."""
+    from .fast import evaluator
 
-    out = np.empty((len(pts), decoder.arch.n_objects), np.float32)
-    dev = planes.device
-    with torch.inference_mode():
-        for i in range(0, len(pts), chunk):
-            xyz = torch.from_numpy(np.ascontiguousarray(pts[i:i + chunk], np.float32)).to(dev)
-            out[i:i + chunk] = decoder.query(planes, xyz).float().cpu().numpy()
-    return out
+    return evaluator(decoder, precision).evaluate(planes, pts, chunk)
 
 
 def _axis(n: int) -> np.ndarray:
@@ -77,7 +73,7 @@ def grid_levels(resolution: int, coarse: int = 64):
 
 
 def sdf_volumes(decoder, planes, resolution: int = 256, coarse: int = 64, band: float = 2.0,
-                chunk: int = 65536, stats: dict = None) -> np.ndarray:
+                chunk: int = 16384, stats: dict = None) -> np.ndarray:
     """(n_objects, R, R, R) SDF grid over [-1,1]^3 indexed [obj, x, y, z]; exact in a narrow band.
 
     Coarse to fine: the coarsest grid (about ``coarse``^3) is evaluated everywhere; each finer grid

@@ -134,7 +134,7 @@ class NSM:
         with torch.inference_mode():
             return self.decoder.planes(self._latent(latent))
 
-    def sdf(self, latent, xyz, chunk: int = 65536) -> np.ndarray:
+    def sdf(self, latent, xyz, chunk: int = 16384) -> np.ndarray:
         """(N, n_objects) SDF for (N, 3) points in normalised model space; planes computed once."""
         from .meshing import evaluate_grid
 
@@ -182,27 +182,42 @@ class NSM:
             samples: int = 10000, patience: int = 50, n_seeds: int = 1,
             progress: Optional[Callable[[float, str], None]] = None, mesh_resolution: int = 256,
             clip_shaft: bool = True, icp_iterations: int = 100, icp_landmarks: int = 1000,
-            warn: Optional[Callable[[str], None]] = None) -> NsmFit:
+            warn: Optional[Callable[[str], None]] = None, precision: str = "fp32",
+            threads: Optional[int] = None) -> NsmFit:
         """Fit the latent to a femur (and its cartilage for a bone+cartilage model); meshes in patient mm.
 
-        Threads: a small decoder (< 2 M parameters) is fitted with one torch thread: its many tiny ops gain
-        nothing from more, and on a shared CPU extra OpenMP threads made each step ~10x slower (0.57 vs
-        0.05 s). Larger decoders use torch's current setting.
+        Threads (CPU): ``threads`` when given. Otherwise a small decoder (< 2 M parameters) is fitted with
+        one torch thread -- its many tiny ops gain nothing from more, and on a shared CPU extra OpenMP
+        threads made each step ~10x slower (0.57 vs 0.05 s) -- and a larger one (the published 20.8 M)
+        with torch's current setting, by default every core: its products are large enough to scale
+        (full-size step on a quiet 2-core CPU: 1.03 s with 1 thread, 0.54 s with 2). On a CPU shared with
+        other busy processes pass ``threads=1``: an OpenMP thread waiting for a busy core stalls the step.
+
+        ``precision``: "fp32" (default, exact) or "bf16" (bfloat16 fit, about 2x faster on CPUs with
+        AVX512_BF16 / AMX; the fitted shape differs slightly, see fast.py and bench/bench_nsm.py). The
+        meshes are always evaluated in fp32.
         """
         import torch
 
+        from .fast import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ConfigurationError("Unknown NSM precision %r." % precision, hint="Use fp32 or bf16.")
         n_par = sum(p.numel() for p in self.decoder.parameters())
         before = torch.get_num_threads()
-        if n_par < 2_000_000 and self.device.type == "cpu" and before > 1:
-            torch.set_num_threads(1)
+        if self.device.type == "cpu":
+            if threads:
+                torch.set_num_threads(int(threads))
+            elif n_par < 2_000_000 and before > 1:
+                torch.set_num_threads(1)
         try:
             return self._fit(bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds,
-                             progress, mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn)
+                             progress, mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn, precision)
         finally:
             torch.set_num_threads(before)
 
     def _fit(self, bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds, progress,
-             mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn) -> NsmFit:
+             mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn, precision="fp32") -> NsmFit:
         from . import fit as F
         from .icp import apply, similarity_icp
         from .meshing import polydata_arrays
@@ -219,6 +234,7 @@ class NSM:
         cart = prepare_cartilage(cartilage_mesh, mirror) if (n_obj >= 2) else None
         if cartilage_mesh is not None and n_obj < 2:
             report["cartilage_ignored"] = "bone-only model"
+        report["precision"] = precision
         prog(0.02, "registering to the mean shape")
         timings = {}
         t_mean = time.time()
@@ -245,7 +261,7 @@ class NSM:
         for k in range(max(1, int(n_seeds))):
             sub = (lambda f, m="", k=k: prog(0.05 + 0.8 * (k + f) / max(1, n_seeds), m))
             fits.append(F.fit_latent(self.decoder, surfaces, seed=seed + k, iterations=iterations,
-                                     samples=samples, patience=patience, progress=sub))
+                                     samples=samples, patience=patience, progress=sub, precision=precision))
         latent = np.mean([f.latent for f in fits], 0)
         prog(0.86, "extracting meshes")
         timings["fit_s"] = time.time() - t_fit
