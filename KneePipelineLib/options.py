@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from .errors import ConfigurationError
 
 NSM_CHOICES = ("none", "bone_cartilage", "bone_only", "both")
+NSM_PRECISIONS = ("fp32", "bf16")
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 MESH_FORMATS = ("vtp", "vtk")
 CHECKPOINTS = ("best", "final")
@@ -49,6 +50,8 @@ class RunOptions:
     nsm_iterations: int = 2000
     nsm_samples: int = 10000
     nsm_patience: int = 50
+    nsm_mesh_resolution: int = 256         # NSM meshes: fine grid over [-1,1]^3 (0 = latent only, no meshes)
+    nsm_precision: str = "fp32"            # NSM fit arithmetic: fp32 (published) or bf16 (faster, inexact)
     seed: int = 0
     report: bool = True
     resume: bool = False
@@ -78,6 +81,11 @@ class RunOptions:
                 raise ConfigurationError("%s must be >= 0." % name)
         if self.nsm_iterations < 1 or self.nsm_samples < 1 or self.nsm_patience < 1:
             raise ConfigurationError("NSM iterations, samples and patience must be positive.")
+        if self.nsm_mesh_resolution != 0 and self.nsm_mesh_resolution < 16:
+            raise ConfigurationError("NSM mesh resolution must be 0 (no meshes) or >= 16, got %r."
+                                     % self.nsm_mesh_resolution)
+        if self.nsm_precision not in NSM_PRECISIONS:
+            raise ConfigurationError("Unknown NSM precision %r." % self.nsm_precision, hint="Use fp32 or bf16.")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigurationError("Timeout must be positive.")
         unknown = sorted(set(self.qdess_params or {}) - set(QDESS_KEYS))

@@ -364,7 +364,8 @@ def step_nsm(ctx: RunContext) -> None:
                 bs_model = None
         fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
                         seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
-                        progress=sub, warn=ctx.warn)
+                        progress=sub, warn=ctx.warn, mesh_resolution=o.nsm_mesh_resolution,
+                        precision=o.nsm_precision, threads=o.threads)
         doc = fit.to_json()
         doc["model_dir"] = str(model_dir)
         doc["epoch"] = model.epoch

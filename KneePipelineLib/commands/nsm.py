@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
                    help="fine grid size over [-1,1]^3 (coarse-to-fine narrow band; 0 = latent only, no meshes)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fit arithmetic: fp32 (published, default) or bf16 (about 2x faster on CPUs with "
+                        "AVX512_BF16/AMX; the fitted latent differs slightly)")
 
 
 def meshes_from_labels(labels_path, convention: str):
@@ -110,7 +113,8 @@ def main(args, progress) -> int:
     progress.step("load", 1.0, "model loaded")
     fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=laterality, seed=args.seed,
                     iterations=args.iterations, samples=args.samples, patience=args.patience, n_seeds=args.n_seeds,
-                    progress=progress.sub("fit"), mesh_resolution=args.mesh_resolution, warn=progress.warning)
+                    progress=progress.sub("fit"), mesh_resolution=args.mesh_resolution, warn=progress.warning,
+                    precision=args.precision)
     progress.step("write", 0.0, "writing")
     result = fit.to_json()
     result["model_dir"] = str(args.nsm_dir)
