@@ -190,7 +190,7 @@ class NSM:
         one torch thread -- its many tiny ops gain nothing from more, and on a shared CPU extra OpenMP
         threads made each step ~10x slower (0.57 vs 0.05 s) -- and a larger one (the published 20.8 M)
         with torch's current setting, by default every core: its products are large enough to scale
-        (full-size step on a quiet 2-core CPU: 1.03 s with 1 thread, 0.54 s with 2). On a CPU shared with
+        (full-size step on a quiet 2-core CPU: 1.07 s with 1 thread, 0.6 s with 2). On a CPU shared with
         other busy processes pass ``threads=1``: an OpenMP thread waiting for a busy core stalls the step.
 
         ``precision``: "fp32" (default, exact) or "bf16" (bfloat16 fit, about 2x faster on CPUs with
