@@ -136,7 +136,8 @@ def full_size(args, threads, dev, sync):
             def step():
                 pred = ev.sdf(ev.planes(zz), idx, w, x).clamp(-0.1, 0.1)
                 pred.abs().sum(1).mean().backward()
-            t = {"plane_generator_fwd_bwd": best_of(planes_fb, sync=sync), "gather_fwd_bwd": best_of(gather_fb, sync=sync),
+            t = {"plane_generator_fwd_bwd": best_of(planes_fb, sync=sync),
+                 "gather_fwd_bwd": best_of(gather_fb, sync=sync),
                  "mlp_fwd_bwd": best_of(mlp_fb, sync=sync), "step": best_of(step, sync=sync)}
             fl = {"plane_generator_fwd_bwd": 2 * f_conv, "gather_fwd_bwd": None, "mlp_fwd_bwd": 2 * f_mlp,
                   "step": 2 * (f_conv + f_mlp)}
@@ -189,8 +190,9 @@ def full_size(args, threads, dev, sync):
     # bf16 error against fp32 (same random weights)
     b16 = evaluate_grid(dec, planes, q, precision="bf16")
     rng1 = np.random.default_rng(1)
-    x1 = torch.from_numpy(np.concatenate([bone[rng1.choice(len(bone), 10000, replace=False)],
-                                          cart[rng1.choice(len(cart), 10000, replace=False)]]).astype(np.float32)).to(dev)
+    x1 = np.concatenate([bone[rng1.choice(len(bone), 10000, replace=False)],
+                         cart[rng1.choice(len(cart), 10000, replace=False)]])
+    x1 = torch.from_numpy(x1.astype(np.float32)).to(dev)
     grads = []
     for prec, xx in (("fp32", x), ("bf16", x), ("fp32", x1)):   # loss as in the fit, targets 0
         ev = FastEvaluator(dec, prec)
@@ -235,7 +237,8 @@ def small_model(args, threads):
             print("small model %s seed %d: %s" % (prec, seed, out["fits"]["%s_seed%d" % (prec, seed)]), flush=True)
     n = lambda a, b: float(np.linalg.norm(fits[a].latent - fits[b].latent))  # noqa: E731
     out["latent"] = {"norm_fp32_seed0": float(np.linalg.norm(fits[("fp32", 0)].latent)),
-                     "bf16_vs_fp32_seed0": n(("bf16", 0), ("fp32", 0)), "bf16_vs_fp32_seed1": n(("bf16", 1), ("fp32", 1)),
+                     "bf16_vs_fp32_seed0": n(("bf16", 0), ("fp32", 0)),
+                     "bf16_vs_fp32_seed1": n(("bf16", 1), ("fp32", 1)),
                      "fp32_seed0_vs_seed1": n(("fp32", 0), ("fp32", 1))}
     out["assd_bf16_minus_fp32_mm"] = [round(fits[("bf16", s)].assd_mm["bone"] - fits[("fp32", s)].assd_mm["bone"], 5)
                                       for s in (0, 1)]
@@ -317,7 +320,8 @@ def main(argv=None):
                     sync()
                     mt[str(res)] = round(time.perf_counter() - t0 + 2 * r["contour_s"], 2)
                 full["meshes"][str(th)] = {"seconds_bone_cartilage_meshes_by_resolution": mt,
-                                           "points_by_resolution": {str(k): len(v["points"]) for k, v in recorded.items()}}
+                                           "points_by_resolution": {str(k): len(v["points"])
+                                                                    for k, v in recorded.items()}}
             typical = int(np.mean([small["fits"]["fp32_seed%d" % s]["iterations"] for s in (0, 1)]))
             proj = {"typical_iterations": typical,
                     "includes": "fit + mean shape (128 band) + meshes at --resolution + ICP + ASSD of two surfaces",

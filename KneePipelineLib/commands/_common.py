@@ -62,7 +62,8 @@ def add_nsm_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nsm-samples", type=int, default=d.nsm_samples)
     g.add_argument("--nsm-patience", type=int, default=d.nsm_patience)
     g.add_argument("--nsm-mesh-resolution", type=int, default=d.nsm_mesh_resolution,
-                   help="NSM mesh grid over [-1,1]^3, coarse-to-fine narrow band; 0 = latent only (default %(default)s)")
+                   help="NSM mesh grid over [-1,1]^3, coarse-to-fine narrow band; 0 = latent only "
+                        "(default %(default)s)")
     g.add_argument("--nsm-precision", choices=NSM_PRECISIONS, default=d.nsm_precision,
                    help="NSM fit arithmetic: fp32 (published, default) or bf16 (about 2x faster on CPUs with "
                         "AVX512_BF16/AMX; the fitted latent differs slightly)")

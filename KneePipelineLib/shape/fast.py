@@ -124,8 +124,8 @@ class FastEvaluator:
     def planes(self, latent):
         import torch
 
-        if self.precision == "bf16" and latent.device.type == "cpu":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+        if self.precision == "bf16":
+            with torch.autocast(latent.device.type, dtype=torch.bfloat16):
                 return self.decoder.planes(latent).float()
         return self.decoder.planes(latent)
 
