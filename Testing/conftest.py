@@ -37,3 +37,14 @@ def femur_meshes_dir() -> Path:
 @pytest.fixture(scope="session")
 def bscore_dir() -> Path:
     return need(BSCORE_DIR)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a test with one torch thread (small models are faster so on a shared 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,12 +13,7 @@ from KneePipelineLib.segmentation.keras_h5 import layer_config, model_config, sa
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def threshold_model(path, kernel=None, n_classes=2, threshold=0.0):

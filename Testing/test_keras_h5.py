@@ -16,12 +16,7 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "keras"
 NAMES = ["unet_channels_first", "unet_channels_last", "zoo_channels_first", "zoo_channels_last"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -95,6 +95,16 @@ class LoadedRun:
 
 
 # -- small helpers --------------------------------------------------------------------------------
+
+def _read_into(scene, node, storage, path) -> None:
+    """Read ``path`` through ``storage`` into ``node``; on failure remove both and raise LoadError."""
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise LoadError("Could not read %s." % path)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+
 def _slicer():
     import slicer
 
@@ -169,12 +179,7 @@ def _read_volume(scene: Any, path: str, name: str, labelmap: bool) -> Any:
     storage.SetFileName(path)
     storage.SetCenterImage(False)
     storage.SetSingleFile(True)
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise LoadError("Could not read %s." % path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
+    _read_into(scene, node, storage, path)
     return node
 
 
@@ -304,12 +309,7 @@ def load_model(scene: Any, path: str, name: str, coordinate_system: Optional[str
     cs = (coordinate_system or "LPS").upper()
     storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemLPS if cs == "LPS"
                                 else slicer.vtkMRMLStorageNode.CoordinateSystemRAS)
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise LoadError("Could not read %s." % path)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
+    _read_into(scene, node, storage, path)
     disp = node.GetDisplayNode()
     if color is not None:
         disp.SetColor(color[0] / 255.0, color[1] / 255.0, color[2] / 255.0)
