@@ -1,0 +1,133 @@
+"""Step nsm: fit the neural shape model(s) to the femur, mesh the fit and compute the B-score."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigurationError
+from ..options import RunOptions
+from .context import RunContext, release_memory
+
+
+NSM_MODELS = {"bone_cartilage": ["nsm_bone_cartilage"], "bone_only": ["nsm_bone_only"],
+              "both": ["nsm_bone_cartilage", "nsm_bone_only"]}
+NSM_CONFIG = "model_params_config.json"
+
+
+def _find_model_root(folder: Path, marker: str) -> Optional[Path]:
+    if (folder / marker).is_file():
+        return folder
+    hits = sorted(folder.rglob(marker))
+    return hits[0].parent if len(hits) == 1 else None
+
+
+def resolve_nsm_dir(model_id: str, options: RunOptions, progress=None) -> Path:
+    """``--nsm-dir`` (the model folder, or a parent holding one sub-folder per registry id) or the hub."""
+    from ..errors import ModelMissingError
+    from ..registry import get_model
+
+    entry = get_model(model_id)
+    if options.nsm_dir:
+        d = Path(options.nsm_dir)
+        if (d / NSM_CONFIG).is_file():
+            if len(NSM_MODELS[options.nsm]) > 1:
+                raise ConfigurationError("--nsm both needs two models, but --nsm-dir %s is a single model folder." % d,
+                                         hint="Give a folder holding nsm_bone_cartilage/ and nsm_bone_only/.")
+            return d
+        if (d / model_id / NSM_CONFIG).is_file():
+            return d / model_id
+        raise ModelMissingError("No %s model found in %s (looked for %s and %s/%s)." % (model_id, d, NSM_CONFIG, model_id, NSM_CONFIG))
+    from ..hub import ensure_model
+
+    root = ensure_model(entry, offline=options.offline, progress=progress)
+    found = _find_model_root(Path(root), NSM_CONFIG)
+    if found is None:
+        raise ModelMissingError("The downloaded %s holds no single %s." % (model_id, NSM_CONFIG))
+    return found
+
+
+def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
+    """The B-score folder of an NSM: ``--bscore-dir`` (folder with model.json or a parent of the published
+    folder names) or the sample-data locations; None when not found."""
+    from ..registry import get_model
+    from ..shape.bscore import find_bscore_folder
+
+    bscore_id = get_model(model_id).config["bscore"]
+    if options.bscore_dir:
+        d = Path(options.bscore_dir)
+        if (d / "model.json").is_file() and len(NSM_MODELS[options.nsm]) == 1:
+            return d
+        return find_bscore_folder(bscore_id, [d])
+    return find_bscore_folder(bscore_id)
+
+
+def _check_nsm_objects(model_id: str, model, model_dir: Path) -> None:
+    """The model folder must model the objects its registry id promises (bone+cartilage vs bone only)."""
+    from ..errors import ModelInvalidError
+    from ..registry import get_model
+
+    want = list(get_model(model_id).config.get("objects") or [])
+    if want and model.arch.n_objects != len(want):
+        raise ModelInvalidError("--nsm %s needs a %s model, but %s models %s." % (
+            "bone_cartilage" if len(want) > 1 else "bone_only", " + ".join(want), model_dir,
+            " + ".join(model.object_names)),
+            hint="Point --nsm-dir at a %s NSM, or choose --nsm %s." % (
+                " + ".join(want), "bone_only" if model.arch.n_objects == 1 else "bone_cartilage"))
+
+
+def step_nsm(ctx: RunContext) -> None:
+    from ..morphometry import write_mesh
+    from ..shape import load_nsm
+    from ..shape.bscore import bscore, check_compatible, load_bscore_model
+
+    o = ctx.options
+    morph = ctx.data["morphometry"]
+    femur = morph.meshes.get("femur")
+    if femur is None:
+        from ..errors import NsmError
+        raise NsmError("The shape model needs the femur surface, which the segmentation lacks.")
+    cart = morph.meshes.get("femoral_cartilage")
+    ids = NSM_MODELS[o.nsm]
+    ctx.results["nsm"] = {}
+    for n, model_id in enumerate(ids):
+        sub = (lambda f, m="", n=n: ctx.progress.step("nsm", (n + f) / len(ids), m))
+        model_dir = resolve_nsm_dir(model_id, o, progress=sub)
+        model = load_nsm(model_dir, device=o.device)
+        _check_nsm_objects(model_id, model, model_dir)
+        bs_dir = resolve_bscore_dir(model_id, o)
+        bs_model = None
+        if bs_dir is None:
+            ctx.warn("No B-score model found for %s: B-score not computed (pass --bscore-dir)." % model_id)
+        else:
+            bs_model = load_bscore_model(bs_dir)
+            if o.bscore_dir or bs_model.latent_size == model.latent_size:
+                check_compatible(bs_model, model.latent_size)   # an explicit mismatch is an error
+                for w in bs_model.warnings:
+                    ctx.warn(w)
+            else:   # a found-by-default B-score model that belongs to another NSM: skip, say so
+                ctx.warn("The B-score model found at %s scores %d-value latents but this NSM has %d: B-score not "
+                         "computed (pass --bscore-dir)." % (bs_dir, bs_model.latent_size, model.latent_size))
+                bs_model = None
+        fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
+                        seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
+                        progress=sub, warn=ctx.warn, mesh_resolution=o.nsm_mesh_resolution,
+                        precision=o.nsm_precision, threads=o.threads)
+        doc = fit.to_json()
+        doc["model_dir"] = str(model_dir)
+        doc["epoch"] = model.epoch
+        for obj, v in fit.assd_mm.items():
+            doc["assd_%s_mm" % obj] = v
+        if bs_model is not None:
+            doc["bscore"] = bscore(fit.latent, bs_model)
+            doc["bscore_model"] = {"path": str(bs_model.path), "sha256": bs_model.sha256,
+                                   "registry_id": bs_model.registry_id}
+        ctx.results["nsm"][model_id] = doc
+        ctx.manifest.models[model_id] = {"path": str(model_dir), "epoch": model.epoch, "device": fit.device}
+        ctx.manifest.environment.setdefault("device", fit.device)
+        for obj, poly in fit.meshes.items():
+            ctx.output("nsm/%s_%s.%s" % (model_id, obj, o.mesh_format), "mesh",
+                       lambda p, poly=poly: write_mesh(poly, p, o.mesh_format), step="nsm",
+                       structure="nsm_%s_%s" % (model_id, obj), coordinate_system="LPS",
+                       description="%s reconstructed by %s" % (obj, model_id))
+        del model
+        release_memory()
