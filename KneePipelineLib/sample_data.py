@@ -14,6 +14,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,12 +33,17 @@ MEMBERS: Dict[str, str] = {
 }
 SAMPLE_LABELS = "pymskt/SAG_3D_DESS_RIGHT_bones_cart_men_fib-label.nrrd"
 SAMPLE_MESE = "pymskt/MESE_T2_dicom_anon"
+SAMPLE_FEMUR_MESHES = "pymskt/femur_meshes"
 
 
 class SampleDataError(KneePipelineError):
     category = "input_unreadable"
     default_hint = ("Check the network connection to PyPI, or download mskt-0.1.22.tar.gz yourself and pass "
                     "--archive PATH.")
+
+
+class IndexUnreachableError(SampleDataError):
+    """The package index (or the archive's URL) could not be reached at all: no network, DNS, refused."""
 
 
 def default_cache() -> Path:
@@ -50,12 +56,19 @@ def shared_data_candidates() -> list:
     out = []
     if os.environ.get("KNEEPIPELINE_SAMPLE_DATA"):
         out.append(Path(os.environ["KNEEPIPELINE_SAMPLE_DATA"]))
+    if os.environ.get("KNEEPIPELINE_SHARED"):
+        out.append(Path(os.environ["KNEEPIPELINE_SHARED"]) / "data")
     out.append(here.parent / "shared" / "data")
     return out
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / SAMPLE_LABELS).is_file() and (folder / SAMPLE_MESE).is_dir()
+    """Every extracted member present (the label map, a non-empty MESE folder and femur-mesh folder)."""
+    def nonempty(p: Path) -> bool:
+        return p.is_dir() and any(p.iterdir())
+
+    return ((folder / SAMPLE_LABELS).is_file() and nonempty(folder / SAMPLE_MESE)
+            and nonempty(folder / SAMPLE_FEMUR_MESHES))
 
 
 def sha256_file(path: Path) -> str:
@@ -71,7 +84,7 @@ def archive_url(index: str = SIMPLE_INDEX) -> str:
     try:
         html = urllib.request.urlopen(req, timeout=60).read().decode("utf-8", "replace")
     except OSError as exc:
-        raise SampleDataError("Cannot reach the package index %s: %s." % (index, exc)) from exc
+        raise IndexUnreachableError("Cannot reach the package index %s: %s." % (index, exc)) from exc
     for href in re.findall(r'href="([^"]+)"', html):
         if href.split("#")[0].endswith("/" + ARCHIVE_NAME):
             return urllib.parse.urljoin(index.rstrip("/") + "/mskt/", href.split("#")[0])
@@ -96,6 +109,8 @@ def download_archive(dest_dir: Path, progress: Optional[Callable[[float, str], N
                 if progress and total:
                     progress(0.9 * done / total, "downloading %s (%d MB)" % (ARCHIVE_NAME, total // 1_000_000))
         os.replace(tmp, final)
+    except urllib.error.URLError as exc:
+        raise IndexUnreachableError("Download of %s failed: %s." % (ARCHIVE_NAME, exc)) from exc
     except OSError as exc:
         raise SampleDataError("Download of %s failed: %s." % (ARCHIVE_NAME, exc)) from exc
     finally:

@@ -1,3 +1,11 @@
+"""Shared fixtures: the real sample data (found or fetched once per session) and small helpers.
+
+The real sample files (label map, MESE series, femur meshes) come from
+:func:`KneePipelineLib.sample_data.ensure_sample_data`: ``../shared/data`` (or ``$KNEEPIPELINE_SHARED/data``,
+``$KNEEPIPELINE_SAMPLE_DATA``) first, then the user cache ``~/.cache/kneepipeline/sample-data`` (or
+``$KNEEPIPELINE_CACHE``), and when neither holds them the mskt 0.1.22 archive is fetched from PyPI into the
+cache, sha256-checked. A test skips only when the package index cannot be reached, and says so.
+"""
 import os
 import sys
 from pathlib import Path
@@ -7,10 +15,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("KNEEPIPELINE_SHARED", ROOT.parent / "shared")) / "data"
-SAMPLE_LABELS = SHARED / "pymskt" / "SAG_3D_DESS_RIGHT_bones_cart_men_fib-label.nrrd"
-MESE_DIR = SHARED / "pymskt" / "MESE_T2_dicom_anon"
-FEMUR_MESHES = SHARED / "pymskt" / "femur_meshes"
 BSCORE_DIR = SHARED / "bscore"
+
+_SAMPLE: dict = {}
+
+
+def sample_data_root() -> Path:
+    """The folder laid out like ``shared/data`` with the sample files (fetched once); skips only when the
+    package index is unreachable."""
+    if "root" not in _SAMPLE and "skip" not in _SAMPLE:
+        from KneePipelineLib import sample_data as SD
+
+        try:
+            _SAMPLE["root"] = SD.ensure_sample_data()
+        except SD.IndexUnreachableError as exc:
+            _SAMPLE["skip"] = ("real sample data: not in %s nor the cache %s, and the package index is unreachable "
+                               "to fetch it (%s)" % (SHARED, SD.default_cache(), exc.message))
+    if "skip" in _SAMPLE:
+        pytest.skip(_SAMPLE["skip"])
+    return _SAMPLE["root"]
 
 
 def need(path: Path) -> Path:
@@ -20,18 +43,29 @@ def need(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_labels_path() -> Path:
-    return need(SAMPLE_LABELS)
+def sample_data_dir() -> Path:
+    return sample_data_root()
 
 
 @pytest.fixture(scope="session")
-def mese_dir() -> Path:
-    return need(MESE_DIR)
+def sample_labels_path(sample_data_dir) -> Path:
+    from KneePipelineLib.sample_data import SAMPLE_LABELS
+
+    return sample_data_dir / SAMPLE_LABELS
 
 
 @pytest.fixture(scope="session")
-def femur_meshes_dir() -> Path:
-    return need(FEMUR_MESHES)
+def mese_dir(sample_data_dir) -> Path:
+    from KneePipelineLib.sample_data import SAMPLE_MESE
+
+    return sample_data_dir / SAMPLE_MESE
+
+
+@pytest.fixture(scope="session")
+def femur_meshes_dir(sample_data_dir) -> Path:
+    from KneePipelineLib.sample_data import SAMPLE_FEMUR_MESHES
+
+    return sample_data_dir / SAMPLE_FEMUR_MESHES
 
 
 @pytest.fixture(scope="session")

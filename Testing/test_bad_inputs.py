@@ -12,11 +12,11 @@ from KneePipelineLib.cli import main
 from KneePipelineLib.errors import EXIT_CODES
 
 from bad_inputs import cases
-from conftest import MESE_DIR, SAMPLE_LABELS
-
-_MESE = MESE_DIR if MESE_DIR.exists() else None
-_CASES = list(cases(Path("/nonexistent"), None, _MESE))
-assert len(_CASES) >= 30
+# case names only (nothing is built here); the cases made from the real MESE series get it from the
+# `mese_dir` fixture (shared data, the user cache, or fetched once)
+_CASES = list(cases(Path("/nonexistent"), None, Path("/nonexistent-mese")))
+_MESE_CASES = {c[0] for c in _CASES} - {c[0] for c in cases(Path("/nonexistent"), None, None)}
+assert len(_CASES) >= 30 and _MESE_CASES
 
 
 def _digest(paths):
@@ -33,8 +33,9 @@ def _digest(paths):
 
 
 @pytest.mark.parametrize("name", [c[0] for c in _CASES])
-def test_bad_input(name, tmp_path, capsys):
-    build = dict(cases(tmp_path, None, _MESE))[name]
+def test_bad_input(name, tmp_path, capsys, request):
+    mese = request.getfixturevalue("mese_dir") if name in _MESE_CASES else None
+    build = dict(cases(tmp_path, None, mese))[name]
     argv, category = build()
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]

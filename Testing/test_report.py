@@ -25,19 +25,9 @@ def _env_headless(**extra):
     return env
 
 
-def _analyze_available():
-    try:
-        from KneePipelineLib import morphometry  # noqa: F401
-        return hasattr(morphometry, "analyze_labels")
-    except ImportError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def real_run(sample_labels_path, tmp_path_factory):
     """`analyze` on the sample label map (no report), then build_report in this process (no DISPLAY)."""
-    if not _analyze_available():
-        pytest.skip("the analyze command's morphometry (KneePipelineLib.morphometry.analyze_labels) is not in this checkout yet")
     out = tmp_path_factory.mktemp("run") / "knee"
     proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "--quiet-progress", "analyze", "--labels",
                            str(sample_labels_path), "--label-convention", "pymskt", "--out", str(out), "--no-report"],
