@@ -1,185 +1,36 @@
-"""Model files: Hugging Face hub downloads, the local cache, ``--model-dir`` folders and sha256 checks.
+"""Model files: Hugging Face hub downloads, the local cache, ``--model-dir`` folders, sha256 checks, revisions.
 
-Only this module talks to the hub. A model *root* is the local folder that holds what a registry entry's
-``source.subfolder`` names inside the repository (for nnU-Net: the ``Dataset500_KneeMRI`` folder holding
-the ``nnUNetTrainer__...__<configuration>`` folders).
+Only this module talks to the hub; files from a Git repository at a pinned commit come through
+``gitfiles.py`` into the same cache (:func:`ensure_model` picks by the registry source's ``kind``). A model
+*root* is the local folder that holds what a registry entry's ``source.subfolder`` names inside the
+repository (for nnU-Net: the ``Dataset500_KneeMRI`` folder holding the ``nnUNetTrainer__...__<configuration>``
+folders). Every resolution is recorded in the cache (``modelcache.update_record``: source, requested and
+resolved revision, sha256 per file); ``modelfiles.py`` holds which files a model needs, their checks and
+the provenance a run's manifest records (re-exported here).
 
 Tokens (argument, ``HF_TOKEN`` or the hub's stored login) are handed to ``huggingface_hub`` only; they are
 never logged, reported through progress or written to outputs.
 """
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
 import os
 import pathlib
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from .errors import ConfigurationError, ModelGatedError, ModelInvalidError, ModelMissingError
+from .errors import ModelGatedError, ModelInvalidError, ModelMissingError
+from .modelcache import (ProgressFn, cache_path, default_cache_dir, offline_requested,  # noqa: F401 (re-exported)
+                         sha256_file, update_record)
+from .modelcache import report as _report
+from .modelfiles import (NNUNET_BACKENDS, _matches, allow_patterns, cached_revisions,  # noqa: F401 (re-exported)
+                         checkpoint_file, file_manifest, missing_files, model_folds, nnunet_config_folder,
+                         note_model_used, provenance, recording_models, required_files, resolved_revision,
+                         snapshot_revision, verify)
 from .registry import ModelEntry
 
 log = logging.getLogger("kneepipeline.hub")
-
-ProgressFn = Optional[Callable[..., None]]
-NNUNET_BACKENDS = ("nnunet", "nnunet_cascade")
-_TRUE = ("1", "true", "yes", "on")
-_VERIFY_CACHE = "kneepipeline-sha256.json"
-
-
-# -- where things live ----------------------------------------------------------------------------
-def default_cache_dir() -> pathlib.Path:
-    """``$KNEEPIPELINE_CACHE``, else the hub's own cache when ``HF_HUB_CACHE``/``HF_HOME`` is set, else
-    ``~/.cache/kneepipeline/hub``."""
-    env = os.environ.get("KNEEPIPELINE_CACHE")
-    if env:
-        return pathlib.Path(env).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return pathlib.Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return pathlib.Path("~/.cache/kneepipeline/hub").expanduser()
-
-
-def offline_requested(offline: bool = False) -> bool:
-    return bool(offline) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
-def _report(progress: ProgressFn, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(fraction, message)
-
-
-# -- which files a model needs ----------------------------------------------------------------------
-def checkpoint_file(checkpoint: str = "best") -> str:
-    if checkpoint in ("best", "final"):
-        return "checkpoint_%s.pth" % checkpoint
-    if checkpoint.endswith(".pth"):
-        return checkpoint
-    raise ConfigurationError("Unknown checkpoint %r." % checkpoint, hint="Use best or final.")
-
-
-def model_folds(entry: ModelEntry, folds: Optional[Sequence] = None) -> List[str]:
-    chosen = list(folds) if folds else list(entry.config.get("folds", [0]))
-    return [str(f) for f in chosen]
-
-
-def nnunet_config_folder(entry: ModelEntry, configuration: str) -> str:
-    """``nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres`` for an nnU-Net registry entry."""
-    trainer = entry.config.get("trainer", "nnUNetTrainer")
-    plans = entry.config.get("plans", "nnUNetPlans")
-    return "%s__%s__%s" % (trainer, plans, configuration)
-
-
-def required_files(entry: ModelEntry, folds: Optional[Sequence] = None, checkpoint: str = "best") -> List[str]:
-    """Patterns (fnmatch, relative to the model root) that must each match at least one file."""
-    if entry.backend in NNUNET_BACKENDS:
-        out = []
-        for conf in entry.config.get("configurations", []):
-            base = nnunet_config_folder(entry, conf) + "/"
-            out += [base + "dataset.json", base + "plans.json"]
-            out += [base + "fold_%s/%s" % (f, checkpoint_file(checkpoint)) for f in model_folds(entry, folds)]
-        return out
-    if entry.source is None:
-        return []
-    sub = entry.source.subfolder.strip("/")
-    return [p[len(sub) + 1:] if sub and p.startswith(sub + "/") else p for p in entry.source.allow_patterns]
-
-
-def allow_patterns(entry: ModelEntry, folds: Optional[Sequence] = None, checkpoint: str = "best") -> List[str]:
-    """Repository paths to download: only the chosen configurations, folds and checkpoint."""
-    if entry.source is None:
-        return []
-    sub = entry.source.subfolder.strip("/")
-    pats = [(sub + "/" + p) if sub else p for p in required_files(entry, folds, checkpoint)]
-    if entry.backend in NNUNET_BACKENDS:  # small optional metadata next to the plans
-        for conf in entry.config.get("configurations", []):
-            pats.append((sub + "/" if sub else "") + nnunet_config_folder(entry, conf) + "/model_config.json")
-    return pats
-
-
-def _matches(root: pathlib.Path, pattern: str) -> List[pathlib.Path]:
-    if not any(c in pattern for c in "*?["):
-        p = root / pattern
-        return [p] if p.is_file() else []
-    return [p for p in root.glob(pattern) if p.is_file()]
-
-
-def missing_files(root: pathlib.Path, patterns: Iterable[str]) -> List[str]:
-    return [p for p in patterns if not _matches(root, p)]
-
-
-# -- sha256 -------------------------------------------------------------------------------------------
-def sha256_file(path: pathlib.Path, cache_dir: Optional[pathlib.Path] = None) -> str:
-    """sha256 of a file; remembered per (real path, size, mtime) in ``cache_dir`` so big checkpoints are
-    hashed once."""
-    real = os.path.realpath(str(path))
-    st = os.stat(real)
-    key = "%s|%d|%d" % (real, st.st_size, st.st_mtime_ns)
-    memo: Dict[str, str] = {}
-    memo_path = pathlib.Path(cache_dir) / _VERIFY_CACHE if cache_dir else None
-    if memo_path is not None and memo_path.is_file():
-        try:
-            memo = json.loads(memo_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            memo = {}
-        if key in memo:
-            return memo[key]
-    h = hashlib.sha256()
-    with open(real, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    if memo_path is not None:
-        memo[key] = digest
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_name(memo_path.name + ".%d.tmp" % os.getpid())
-            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, memo_path)
-        except OSError:  # a read-only cache only costs re-hashing
-            pass
-    return digest
-
-
-def _recorded_sha(entry: ModelEntry) -> Dict[str, str]:
-    """Recorded sha256s keyed by path relative to the model root."""
-    if entry.source is None:
-        return {}
-    sub = entry.source.subfolder.strip("/")
-    out = {}
-    for repo_path, digest in entry.source.sha256.items():
-        rel = repo_path[len(sub) + 1:] if sub and repo_path.startswith(sub + "/") else repo_path
-        out[rel] = digest.lower()
-    return out
-
-
-def verify(entry: ModelEntry, root: pathlib.Path, files: Optional[Iterable[str]] = None,
-           cache_dir: Optional[pathlib.Path] = None, progress: ProgressFn = None) -> Optional[bool]:
-    """Check recorded sha256s of the files present (or of ``files``). None when nothing is recorded.
-
-    Raises :class:`ModelInvalidError` on a mismatch.
-    """
-    recorded = _recorded_sha(entry)
-    if files is not None:
-        wanted = set(files)
-        recorded = {k: v for k, v in recorded.items() if k in wanted}
-    recorded = {k: v for k, v in recorded.items() if (root / k).is_file()}
-    if not recorded:
-        return None
-    for i, (rel, digest) in enumerate(sorted(recorded.items())):
-        _report(progress, 0.9 + 0.1 * i / len(recorded), "verifying %s" % rel)
-        got = sha256_file(root / rel, cache_dir)
-        if got != digest:
-            raise ModelInvalidError(
-                "Model %s: file %s is corrupt or not the published version (sha256 %s..., expected %s...)."
-                % (entry.id, rel, got[:12], digest[:12]),
-                hint="Delete %s and download the model again (kneepipeline models --download %s)."
-                     % (os.path.realpath(str(root / rel)), entry.id))
-    return True
 
 
 # -- local folders --------------------------------------------------------------------------------
@@ -325,31 +176,53 @@ def _resolve_token(token: Optional[str]) -> Optional[str]:
     return token or os.environ.get("HF_TOKEN") or None
 
 
+def _fetch_root(entry: ModelEntry, cache: pathlib.Path, off: bool, token: Optional[str], folds, checkpoint,
+                progress: ProgressFn) -> pathlib.Path:
+    src = entry.source
+    try:
+        if src.kind == "git_files":
+            from .gitfiles import ensure_git_files
+
+            return ensure_git_files(entry, cache, off, progress)
+        snap = _snapshot(entry, cache, off, token, allow_patterns(entry, folds, checkpoint), progress)
+    except ModelMissingError as exc:
+        other = [r for r in cached_revisions(entry, cache, folds, checkpoint) if r != src.revision]
+        if off and src.pinned and other:
+            raise ModelMissingError(
+                "Model %s is cached at revision %s, but this KneePipeline pins revision %s of %s."
+                % (entry.id, ", ".join(r[:12] for r in other), src.revision[:12], src.repo_id),
+                hint="Download the pinned revision (kneepipeline models --download %s) where the internet is "
+                     "reachable, or pass --model-dir with the cached copy to use it knowingly (the manifest "
+                     "records its revision)." % entry.id, cached_revisions=other) from None
+        raise exc
+    sub = src.subfolder.strip("/")
+    return snap / sub if sub else snap
+
+
 def ensure_model(entry: ModelEntry, model_dir: Optional[str] = None, offline: bool = False,
                  token: Optional[str] = None, progress: ProgressFn = None, cache_dir: Optional[str] = None,
                  folds: Optional[Sequence] = None, checkpoint: str = "best") -> pathlib.Path:
-    """The local model root for ``entry``: the user's ``model_dir`` (validated) or the hub snapshot
-    (downloaded when needed, resumed when interrupted, sha256-verified where recorded)."""
+    """The local model root for ``entry``: the user's ``model_dir`` (validated) or the cached copy from the
+    entry's source - a hub snapshot or Git files at a pinned commit - downloaded when needed, resumed when
+    interrupted, sha256-verified where recorded, and recorded in the cache with its resolved revision."""
     if model_dir:
         root = locate_model_root(entry, model_dir, folds, checkpoint)
+        note_model_used(entry, root, folds, checkpoint)
         _report(progress, 1.0, "using model %s from %s" % (entry.id, root))
         return root
     if entry.source is None:
         raise ModelMissingError("Model %s has no download source." % entry.id,
                                 hint="Pass --model-dir with a local copy of the model.")
-    cache = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = cache_path(cache_dir)
     off = offline_requested(offline)
-    patterns = allow_patterns(entry, folds, checkpoint)
     _report(progress, 0.0, "looking up model %s%s" % (entry.id, " (offline)" if off else ""))
-    snap = _snapshot(entry, cache, off, _resolve_token(token), patterns, progress)
-    sub = entry.source.subfolder.strip("/")
-    root = snap / sub if sub else snap
+    root = _fetch_root(entry, cache, off, _resolve_token(token), folds, checkpoint, progress)
     needed = required_files(entry, folds, checkpoint)
     miss = missing_files(root, needed)
     if miss:
         if off:
             raise ModelMissingError(
-                "Model %s is only partly in the local cache (%s): missing %s." % (entry.id, snap, ", ".join(miss)),
+                "Model %s is only partly in the local cache (%s): missing %s." % (entry.id, root, ", ".join(miss)),
                 hint="Download it without --offline/HF_HUB_OFFLINE (kneepipeline models --download %s)." % entry.id,
                 missing=miss)
         raise ModelInvalidError("The download of model %s lacks %s; the repository layout may have changed."
@@ -357,50 +230,40 @@ def ensure_model(entry: ModelEntry, model_dir: Optional[str] = None, offline: bo
                                 hint="Update KneePipeline or pass --model-dir with a local copy.", missing=miss)
     files = [str(p.relative_to(root)) for pat in needed for p in _matches(root, pat)]
     verify(entry, root, files, cache, progress)
-    _report(progress, 1.0, "model %s ready" % entry.id)
+    kind, revision = resolved_revision(root)
+    note_model_used(entry, root, folds, checkpoint)
+    update_record(cache, entry.id, kind, entry.source.repo_id, entry.source.revision, revision, root,
+                  {f: sha256_file(root / f, cache) for f in files})
+    _report(progress, 1.0, "model %s ready (revision %s)" % (entry.id, (revision or "local")[:12]))
     return root
 
 
 def model_state(entry: ModelEntry, cache_dir: Optional[str] = None, model_dir: Optional[str] = None,
                 folds: Optional[Sequence] = None, checkpoint: str = "best") -> dict:
-    """``{"downloaded", "verified", "path"}`` from local files only (never contacts the hub)."""
-    state = {"downloaded": False, "verified": None, "path": None}
+    """``{"downloaded", "verified", "path", "revision", "pinned_revision", "cached_revisions"}`` from local
+    files only (never contacts the hub). ``cached_revisions`` lists other cached commits when the pinned
+    one is absent (a cached model whose revision differs from the pin)."""
+    src = entry.source
+    state = {"downloaded": False, "verified": None, "path": None, "revision": None,
+             "pinned_revision": src.revision if src is not None and src.pinned else None, "cached_revisions": []}
     try:
         if model_dir:
             root = locate_model_root(entry, model_dir, folds, checkpoint)
-        elif entry.source is None:
+        elif src is None:
             return state
         else:
             root = ensure_model(entry, offline=True, cache_dir=cache_dir, folds=folds, checkpoint=checkpoint)
     except ModelInvalidError:
         state.update(downloaded=True, verified=False)
         return state
-    except (ModelMissingError, ModelGatedError):
+    except (ModelMissingError, ModelGatedError) as exc:
+        state["cached_revisions"] = list(exc.details.get("cached_revisions", []))
         return state
-    state.update(downloaded=True, path=str(root))
+    state.update(downloaded=True, path=str(root), revision=resolved_revision(root)[1])
     try:
-        state["verified"] = verify(entry, root, None, pathlib.Path(cache_dir) if cache_dir else default_cache_dir())
+        state["verified"] = verify(entry, root, None, cache_path(cache_dir))
     except ModelInvalidError:
         state["verified"] = False
     return state
 
 
-def snapshot_revision(root: pathlib.Path) -> Optional[str]:
-    """The commit hash of a hub-cache snapshot holding ``root`` (None for other folders)."""
-    parts = pathlib.Path(root).parts
-    if "snapshots" in parts:
-        i = len(parts) - 1 - parts[::-1].index("snapshots")
-        if i + 1 < len(parts):
-            return parts[i + 1]
-    return None
-
-
-def file_manifest(root: pathlib.Path, entry: ModelEntry, folds: Optional[Sequence] = None,
-                  checkpoint: str = "best", cache_dir: Optional[str] = None) -> Dict[str, str]:
-    """sha256 of every file a run used (for provenance)."""
-    cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-    out = {}
-    for pat in required_files(entry, folds, checkpoint):
-        for p in _matches(root, pat):
-            out[str(p.relative_to(root))] = sha256_file(p, cache)
-    return out

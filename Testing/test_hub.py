@@ -85,7 +85,8 @@ def test_offline_cache_hit_returns_the_model_root(tmp_path, monkeypatch):
     assert (root / "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres/fold_1/checkpoint_best.pth").is_file()
     assert events[-1][0] == 1.0
     state = hub.model_state(get_model("nnunet_fullres"), cache_dir=str(cache))
-    assert state == {"downloaded": True, "verified": None, "path": str(root)}
+    assert state == {"downloaded": True, "verified": None, "path": str(root), "revision": COMMIT,
+                     "pinned_revision": None, "cached_revisions": []}
     assert hub.snapshot_revision(root) == COMMIT
     assert hub.model_state(get_model("nnunet_cascade"), cache_dir=str(cache))["downloaded"] is False
 
@@ -245,6 +246,16 @@ def test_download_fetches_only_allowed_files_and_never_reports_the_token(tmp_pat
     assert SECRET not in text  # ... and never reported
     # afterwards the same model is available offline
     assert hub.ensure_model(get_model("nnunet_fullres"), cache_dir=str(cache), offline=True) == root
+    # the resolved commit is recorded in the cache and in what a run's manifest gets
+    from KneePipelineLib.modelcache import read_record, record_path
+
+    rec = read_record(str(cache), "nnunet_fullres")
+    assert rec["revision"] == COMMIT and rec["requested_revision"] == "main" and rec["source"] == "hub"
+    ck = "nnUNetTrainer__nnUNetResEncUNetMPlans__3d_fullres/fold_1/checkpoint_best.pth"
+    assert rec["files"][ck] == hashlib.sha256(files[FULL + "fold_1/checkpoint_best.pth"].read_bytes()).hexdigest()
+    prov = hub.provenance(get_model("nnunet_fullres"), root, cache_dir=str(cache))
+    assert prov["source"] == "hub" and prov["revision"] == COMMIT and prov["sha256"] == rec["files"]
+    assert SECRET not in record_path(str(cache), "nnunet_fullres").read_text()
 
 
 def test_gated_repo_without_access_is_model_gated(tmp_path, endpoint, monkeypatch):

@@ -9,38 +9,49 @@ HELP = "list the models (downloaded? verified? where?) and download them"
 
 
 def add_arguments(p):
-    p.add_argument("--download", metavar="ID", nargs="+", help="download these models (all: every hub model)")
+    p.add_argument("--download", metavar="ID", nargs="+",
+                   help="download these models into the cache (all: every model with a download source)")
     p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     p.add_argument("--model-dir", help="check / use this local model folder instead of the cache")
     p.add_argument("--cache-dir", help="model cache (default $KNEEPIPELINE_CACHE or ~/.cache/kneepipeline/hub)")
     p.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds to fetch (default: the published ones)")
     p.add_argument("--checkpoint", choices=("best", "final"), default="best")
-    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub or the Git host")
 
 
 def _row(entry, args) -> dict:
     from ..hub import default_cache_dir, model_state
 
-    if entry.kind == "bscore":   # not on the hub: look where the pipeline looks, check the recorded sha256
-        import hashlib
-
+    state = None
+    if entry.kind == "bscore" and not args.model_dir:  # where the pipeline looks first: folders on disk
+        from ..hub import provenance
         from ..shape.bscore import find_bscore_folder
 
         found = find_bscore_folder(entry.id)
-        verified = None
         if found is not None:
-            verified = hashlib.sha256((found / "model.json").read_bytes()).hexdigest() == entry.config.get("sha256")
-        return {"id": entry.id, "name": entry.display_name, "kind": entry.kind, "backend": entry.backend,
-                "repo_id": None, "revision": None, "gated": False, "size_bytes": None, "default": False,
-                "cache_dir": None, "downloaded": found is not None, "verified": verified,
-                "path": str(found) if found else None}
-    state = model_state(entry, cache_dir=args.cache_dir, model_dir=args.model_dir, folds=args.folds,
-                        checkpoint=args.checkpoint)
+            prov = provenance(entry, found, cache_dir=args.cache_dir)
+            state = {"downloaded": True, "verified": prov["verified"], "path": str(found), "revision": None,
+                     "pinned_revision": prov["pinned_revision"], "cached_revisions": []}
+    if state is None:
+        state = model_state(entry, cache_dir=args.cache_dir, model_dir=args.model_dir, folds=args.folds,
+                            checkpoint=args.checkpoint)
     src = entry.source
     return {"id": entry.id, "name": entry.display_name, "kind": entry.kind, "backend": entry.backend,
-            "repo_id": src.repo_id if src else None, "revision": src.revision if src else None,
+            "repo_id": src.repo_id if src else None, "source_kind": src.kind if src else None,
+            "requested_revision": src.revision if src else None,
             "gated": entry.gated, "size_bytes": src.size_bytes if src else None, "default": entry.default,
             "cache_dir": str(args.cache_dir or default_cache_dir()), **state}
+
+
+def _revision_text(r: dict) -> str:
+    """The cached commit (short); a pinned one that is not cached shows what is cached instead."""
+    if r["revision"]:
+        return r["revision"][:10]
+    if r["cached_revisions"]:
+        return "%s!=pin" % r["cached_revisions"][-1][:6]
+    if r["downloaded"]:
+        return "local"
+    return "-"
 
 
 def main(args, progress) -> int:
@@ -61,14 +72,19 @@ def main(args, progress) -> int:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
         out = sys.stderr if not args.download else sys.stderr
-        out.write("%-22s %-13s %-15s %-10s %-8s %s\n" % ("ID", "KIND", "BACKEND", "STATE", "VERIFIED", "PATH / SOURCE"))
+        out.write("%-22s %-13s %-15s %-10s %-8s %-12s %s\n" % ("ID", "KIND", "BACKEND", "STATE", "VERIFIED",
+                                                               "REVISION", "PATH / SOURCE"))
         for r in rows:
             state = "present" if r["downloaded"] else ("gated" if r["gated"] else "absent")
             ver = {True: "yes", False: "NO", None: "-"}[r["verified"]]
-            where = r["path"] or (r["repo_id"] or "(no download source)")
-            out.write("%-22s %-13s %-15s %-10s %-8s %s%s\n" % (r["id"] + ("*" if r["default"] else ""), r["kind"],
-                                                              r["backend"], state, ver, where,
-                                                              "" if r["path"] else (" (gated: needs a token)" if r["gated"] else "")))
+            where = r["path"] or (("%s@%s" % (r["repo_id"], r["requested_revision"][:12])) if r["repo_id"]
+                                  else "(no download source)")
+            out.write("%-22s %-13s %-15s %-10s %-8s %-12s %s%s\n" % (
+                r["id"] + ("*" if r["default"] else ""), r["kind"], r["backend"], state, ver, _revision_text(r),
+                where, "" if r["path"] else (" (gated: needs a token)" if r["gated"] else "")))
+            if r["cached_revisions"] and not r["downloaded"]:
+                out.write("    cached at revision %s, but the registry pins %s: download the pinned one\n"
+                          % (", ".join(c[:12] for c in r["cached_revisions"]), r["pinned_revision"][:12]))
         out.write("* default segmentation model. Download: kneepipeline models --download ID\n")
     if args.download:
         progress.result(models=[r for r in rows if r["id"] in set(args.download) or args.download == ["all"]])

@@ -109,3 +109,17 @@ def find_bscore_folder(bscore_id: str, search: Optional[List[Path]] = None) -> O
         if (d / folder_name / "model.json").is_file():
             return d / folder_name
     return None
+
+
+def ensure_bscore_folder(bscore_id: str, offline: bool = False, progress=None, cache_dir=None,
+                         search: Optional[List[Path]] = None) -> Path:
+    """The B-score folder of ``bscore_id`` for a run: the places on disk first (:func:`find_bscore_folder`),
+    then the model cache, then a download from the registry's source (Git files at a pinned commit, each
+    sha256-checked). Raises ModelMissingError (offline, unreachable) or ModelInvalidError (sha256 mismatch)."""
+    found = find_bscore_folder(bscore_id, search)
+    if found is not None:
+        return found
+    from ..hub import ensure_model
+    from ..registry import get_model
+
+    return ensure_model(get_model(bscore_id), offline=offline, progress=progress, cache_dir=cache_dir)

@@ -46,11 +46,12 @@ def resolve_nsm_dir(model_id: str, options: RunOptions, progress=None) -> Path:
     return found
 
 
-def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
+def resolve_bscore_dir(model_id: str, options: RunOptions, progress=None) -> Optional[Path]:
     """The B-score folder of an NSM: ``--bscore-dir`` (folder with model.json or a parent of the published
-    folder names) or the sample-data locations; None when not found."""
+    folder names; None when not there), else the sample-data locations, the model cache or a download on
+    first use (ModelMissingError when offline / unreachable, ModelInvalidError on a sha256 mismatch)."""
     from ..registry import get_model
-    from ..shape.bscore import find_bscore_folder
+    from ..shape.bscore import ensure_bscore_folder, find_bscore_folder
 
     bscore_id = get_model(model_id).config["bscore"]
     if options.bscore_dir:
@@ -58,7 +59,13 @@ def resolve_bscore_dir(model_id: str, options: RunOptions) -> Optional[Path]:
         if (d / "model.json").is_file() and len(NSM_MODELS[options.nsm]) == 1:
             return d
         return find_bscore_folder(bscore_id, [d])
-    return find_bscore_folder(bscore_id)
+    return ensure_bscore_folder(bscore_id, offline=options.offline, progress=progress)
+
+
+def _nsm_files(model_dir: Path):
+    from ..shape.model import CONFIG_NAME, find_checkpoint
+
+    return [model_dir / CONFIG_NAME, find_checkpoint(model_dir, None)]
 
 
 def _check_nsm_objects(model_id: str, model, model_dir: Path) -> None:
@@ -77,6 +84,9 @@ def _check_nsm_objects(model_id: str, model, model_dir: Path) -> None:
 
 def step_nsm(ctx: RunContext) -> None:
     from ..morphometry import write_mesh
+    from ..errors import ModelMissingError
+    from ..hub import provenance
+    from ..registry import get_model
     from ..shape import load_nsm
     from ..shape.bscore import bscore, check_compatible, load_bscore_model
 
@@ -94,10 +104,15 @@ def step_nsm(ctx: RunContext) -> None:
         model_dir = resolve_nsm_dir(model_id, o, progress=sub)
         model = load_nsm(model_dir, device=o.device)
         _check_nsm_objects(model_id, model, model_dir)
-        bs_dir = resolve_bscore_dir(model_id, o)
+        bscore_id = get_model(model_id).config["bscore"]
+        try:
+            bs_dir = resolve_bscore_dir(model_id, o, progress=lambda f, m="", sub=sub: sub(0.0, m))
+            why = "pass --bscore-dir"
+        except ModelMissingError as exc:  # offline or unreachable: the fit is still worth having
+            bs_dir, why = None, "%s %s" % (exc.message, exc.hint)
         bs_model = None
         if bs_dir is None:
-            ctx.warn("No B-score model found for %s: B-score not computed (pass --bscore-dir)." % model_id)
+            ctx.warn("No B-score model found for %s: B-score not computed (%s)." % (model_id, why))
         else:
             bs_model = load_bscore_model(bs_dir)
             if o.bscore_dir or bs_model.latent_size == model.latent_size:
@@ -118,11 +133,15 @@ def step_nsm(ctx: RunContext) -> None:
         for obj, v in fit.assd_mm.items():
             doc["assd_%s_mm" % obj] = v
         if bs_model is not None:
+            bs_prov = provenance(get_model(bscore_id), bs_model.path.parent, files=[bs_model.path])
             doc["bscore"] = bscore(fit.latent, bs_model)
             doc["bscore_model"] = {"path": str(bs_model.path), "sha256": bs_model.sha256,
-                                   "registry_id": bs_model.registry_id}
+                                   "registry_id": bs_model.registry_id, "source": bs_prov["source"],
+                                   "revision": bs_prov["revision"]}
+            ctx.manifest.models[bscore_id] = bs_prov
         ctx.results["nsm"][model_id] = doc
-        ctx.manifest.models[model_id] = {"path": str(model_dir), "epoch": model.epoch, "device": fit.device}
+        ctx.manifest.models[model_id] = {**provenance(get_model(model_id), model_dir, files=_nsm_files(model_dir)),
+                                         "epoch": model.epoch, "device": fit.device}
         ctx.manifest.environment.setdefault("device", fit.device)
         for obj, poly in fit.meshes.items():
             ctx.output("nsm/%s_%s.%s" % (model_id, obj, o.mesh_format), "mesh",
