@@ -128,7 +128,7 @@ def _nnunet_patterns(configs, folds=("1",), checkpoints=("checkpoint_best.pth", 
 # reference feeds each network: nnU-Net gets DOSMA's to_sitk("sagittal") array (OpenMSK steps/segment.py);
 # the 2D nets their class's TARGET_ORIENTATION (DOSMA bone_seg models/stanford_qdess_bone.py), slices along
 # the last axis, each slice (rows = axis 0, columns = axis 1) resized to config["size"].
-FRAME_NNUNET = ()
+FRAME_NNUNET = ("LR", "SI", "AP")
 FRAME_DOSMA = {"sagittal": ("SI", "AP", "LR"), "coronal": ("LR", "SI", "AP"), "axial": ("LR", "AP", "SI")}
 
 _KNEE_3D = ("3D sagittal knee MRI (DESS/qDESS-like), ~0.3x0.3x0.8 mm; any voxel order is reoriented exactly "

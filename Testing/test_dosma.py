@@ -1,4 +1,7 @@
-"""DOSMA 2D U-Net inference: physical-space reorientation, geometry round trip, known-answer segmentation."""
+"""DOSMA 2D U-Net inference: the reference's slice layouts, physical-space reorientation, geometry round trip,
+known-answer segmentation."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,11 +9,13 @@ torch = pytest.importorskip("torch")
 
 from KneePipelineLib.io.volume import Volume  # noqa: E402
 from KneePipelineLib.options import RunOptions  # noqa: E402
-from KneePipelineLib.registry import ModelEntry  # noqa: E402
+from KneePipelineLib.registry import ModelEntry, get_model  # noqa: E402
 from KneePipelineLib.segmentation import dosma  # noqa: E402
+from KneePipelineLib.segmentation.frame import CODE_LPS, frame_map, from_frame  # noqa: E402
 from KneePipelineLib.segmentation.keras_h5 import layer_config, model_config, save_keras_h5  # noqa: E402
 
 SIZE = 32
+FIX = Path(__file__).resolve().parent / "fixtures" / "keras"
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -70,28 +75,78 @@ def box_volume(direction, shape=(14, 18, 22), spacing=(0.35, 0.4, 0.7)):
     return Volume(arr, spacing, (10.0, -20.0, 5.0), direction)
 
 
-def test_reorientation_identity_direction():
-    # array [k, j, i] with i -> L (+x), j -> P (+y), k -> S (+z)
-    perm, flips = dosma.reorientation(np.eye(3), dosma.PLANE_ORIENTATION["sagittal"])
-    assert perm == (0, 1, 2) and flips == (True, False, True)  # rows S->I, cols A->P, slices L->R
-    perm, flips = dosma.reorientation(np.eye(3), dosma.PLANE_ORIENTATION["axial"])
-    assert perm == (1, 2, 0) and flips == (False, True, True)  # rows A->P, cols L->R, slices S->I
-
-
-def test_reorientation_round_trip_and_slicing_axis():
-    d = ACQUISITIONS["sagittal"]
-    arr = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+def test_reference_slice_layouts():
+    # the reference classes' TARGET_ORIENTATION (DOSMA bone_seg models/stanford_qdess_bone.py)
+    assert dosma.PLANE_ORIENTATION == {"sagittal": ("SI", "AP", "LR"), "coronal": ("LR", "SI", "AP"),
+                                       "axial": ("LR", "AP", "SI")}
     for plane in ("sagittal", "coronal", "axial"):
-        perm, flips = dosma.reorientation(d, dosma.PLANE_ORIENTATION[plane])
-        out = dosma.to_plane(arr, perm, flips)
-        assert np.array_equal(dosma.from_plane(out, perm, flips), arr)
-    # sagittal acquisition: k (array axis 0) runs across LR, so it is the sagittal model's slice axis
-    perm, _ = dosma.reorientation(d, dosma.PLANE_ORIENTATION["sagittal"])
-    assert perm[2] == 0
-    perm, _ = dosma.reorientation(d, dosma.PLANE_ORIENTATION["coronal"])
-    assert perm[2] == 2  # i runs along AP
-    perm, _ = dosma.reorientation(d, dosma.PLANE_ORIENTATION["axial"])
-    assert perm[2] == 1  # j runs along SI
+        assert get_model("dosma_" + plane).frame == dosma.PLANE_ORIENTATION[plane]
+    assert get_model("dosma_coronal").config["size"] == [160, 512] == get_model("dosma_axial").config["size"]
+    # array [k, j, i] with i -> L (+x), j -> P (+y), k -> S (+z)
+    fm = frame_map(np.eye(3), dosma.PLANE_ORIENTATION["sagittal"])
+    assert fm.perm == (0, 1, 2) and fm.flips == (True, False, True)  # rows S->I, cols A->P, slices L->R
+    fm = frame_map(np.eye(3), dosma.PLANE_ORIENTATION["coronal"])
+    assert fm.perm == (2, 0, 1) and fm.flips == (True, True, False)  # rows L->R, cols S->I, slices A->P
+    fm = frame_map(np.eye(3), dosma.PLANE_ORIENTATION["axial"])
+    assert fm.perm == (2, 1, 0) and fm.flips == (True, False, True)  # rows L->R, cols A->P, slices S->I
+
+
+def _nibabel_reformat(vol, codes):
+    """DOSMA's MedicalVolume.reformat done independently with nibabel's orientation tools: the array
+    (axes [k, j, i]) with its RAS affine, reoriented to the axis codes each DOSMA code points to."""
+    import nibabel.orientations as nibo
+
+    lps_cols = [vol.direction[:, 2 - a] * vol.spacing_mm[2 - a] for a in range(3)]
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ np.stack(lps_cols, axis=1)
+    ornt = nibo.io_orientation(affine)
+    target = nibo.axcodes2ornt(tuple(c[1] for c in codes))   # "LR" points to R, "SI" to I, "AP" to P
+    return nibo.apply_orientation(vol.array, nibo.ornt_transform(ornt, target))
+
+
+@pytest.mark.parametrize("acq", list(ACQUISITIONS))
+@pytest.mark.parametrize("plane", ["sagittal", "coronal", "axial"])
+def test_slices_follow_the_reference_orientation_codes(acq, plane):
+    """What each 2D net sees = nibabel's reorientation to the reference's codes, slices on the last axis;
+    each code pinned physically: along rows / columns / slices the LPS coordinate moves as the code says."""
+    img = box_volume(ACQUISITIONS[acq], shape=(5, 6, 7))
+    codes = dosma.PLANE_ORIENTATION[plane]
+    stack, fm = dosma.model_slices(img, codes)
+    expected = _nibabel_reformat(img, codes)
+    assert np.array_equal(stack, np.moveaxis(expected, -1, 0))
+    # physical check: the index grid carried through the same layout
+    k, j, i = np.meshgrid(*[np.arange(n) for n in img.array.shape], indexing="ij")
+    lps = img.ijk_to_lps(np.stack([i.ravel(), j.ravel(), k.ravel()], 1)).reshape(img.array.shape + (3,))
+    framed = np.moveaxis(fm.forward(np.moveaxis(lps, -1, 0)), 0, -1)       # (rows, cols, slices, 3)
+    for ax, code in enumerate(codes):
+        step = np.diff(framed, axis=ax).reshape(-1, 3).mean(axis=0)
+        assert float(step @ np.asarray(CODE_LPS[code])) > 0.5 * np.linalg.norm(step), (plane, ax, code)
+    assert np.array_equal(from_frame(np.moveaxis(stack, 0, -1), fm), img.array)
+
+
+def test_non_square_keras_model_gets_rows_along_the_first_code(tmp_path):
+    """A 24 x 40 (rows x columns) Keras file in the coronal layout: rows run left-right, and the labels are
+    those of the slices fed as the reference feeds them (a transposed feed gives other labels)."""
+    from KneePipelineLib.segmentation.keras_h5 import load_keras_model
+
+    h5 = FIX / "unet_nonsquare_channels_first.h5"
+    img = box_volume(ACQUISITIONS["sagittal"], shape=(12, 20, 16))
+    e = ModelEntry("test_cor", "test", "segmentation", "keras_unet", None, plane="coronal",
+                   config={"file": h5.name}, frame=dosma.PLANE_ORIENTATION["coronal"])
+    out = dosma.run_plane(img, e, FIX, RunOptions(device="cpu"))
+    assert out["info"]["model_input_size"] == [24, 40]
+    stack, fm = dosma.model_slices(img, e.frame)
+    assert stack.shape == (16, 12, 20)   # slices along AP (i), rows LR (k), columns SI (j)
+    net = load_keras_model(h5)
+    x = dosma.zscore(dosma.resize_slices_cubic(stack, (24, 40)))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)[:, None]).argmax(1).numpy().astype(np.uint8)
+    expect = from_frame(np.moveaxis(dosma.resize_slices_nearest(ref, stack.shape[1:]), 0, -1), fm)
+    assert np.array_equal(out["labels"], expect)
+    xt = dosma.zscore(dosma.resize_slices_cubic(np.ascontiguousarray(stack.transpose(0, 2, 1)), (24, 40)))
+    with torch.no_grad():
+        wrong = net(torch.from_numpy(xt)[:, None]).argmax(1).numpy().astype(np.uint8)
+    assert not np.array_equal(ref, wrong)
 
 
 @pytest.mark.parametrize("acq", list(ACQUISITIONS))
@@ -157,7 +212,7 @@ def test_progress_batches_and_warnings(tmp_path):
     typical = Volume(np.broadcast_to(np.float32(0), (160, 448, 448)), (0.3125, 0.3125, 0.7), (0, 0, 0),
                      ACQUISITIONS["sagittal"])  # qDESS-like: 160 sagittal slices of 0.7 mm, 140 mm FOV
     ornt = dosma.PLANE_ORIENTATION["sagittal"]
-    ok = dosma.geometry_warnings(typical, ornt, dosma.reorientation(typical.direction, ornt)[0])
+    ok = dosma.geometry_warnings(typical, ornt, frame_map(typical.direction, ornt))
     assert ok == []
 
 

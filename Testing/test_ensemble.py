@@ -64,6 +64,18 @@ def test_bad_trust_rejected():
         trust_matrix(["a"], 3, {"a": {1: -1.0}})
 
 
+def test_registry_trust_is_the_reference_exclusions():
+    """DOSMA bone_seg StanfordQDessBoneUNet2DSTAPLE.list_idx_not_include_STAPLE = [[], [1], [3, 4, 5, 6]]."""
+    from KneePipelineLib.registry import get_model
+
+    entry = get_model("dosma_ensemble")
+    w = trust_matrix(entry.config["members"], 10, entry.config["trust"])
+    assert entry.config["members"] == ["dosma_sagittal", "dosma_coronal", "dosma_axial"]
+    excluded = [sorted(int(c) for c in np.nonzero(w[m] == 0)[0]) for m in range(3)]
+    assert excluded == [[], [1], [3, 4, 5, 6]]
+    assert set(np.unique(w)) == {0.0, 1.0}
+
+
 def test_registry_ensemble_end_to_end(tmp_path):
     torch = pytest.importorskip("torch")
     from KneePipelineLib.options import RunOptions
@@ -76,7 +88,7 @@ def test_registry_ensemble_end_to_end(tmp_path):
     thr = (105.0 - img.array.mean()) / img.array.std()
     entry = get_model("dosma_ensemble")
     for mid in entry.config["members"]:
-        threshold_model(tmp_path / get_model(mid).config["file"], threshold=thr)
+        threshold_model(tmp_path / get_model(mid).config["file"], threshold=thr, n_classes=10)
     seen = []
     res = predict_ensemble(img, entry, tmp_path, RunOptions(device="cpu", offline=True),
                            lambda f, m="": seen.append(f))

@@ -13,7 +13,8 @@ from KneePipelineLib.errors import ModelInvalidError  # noqa: E402
 from KneePipelineLib.segmentation.keras_h5 import load_keras_model, read_keras_h5  # noqa: E402
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "keras"
-NAMES = ["unet_channels_first", "unet_channels_last", "zoo_channels_first", "zoo_channels_last"]
+NAMES = ["unet_channels_first", "unet_channels_last", "zoo_channels_first", "zoo_channels_last",
+         "unet_nonsquare_channels_first"]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -16,7 +16,9 @@ needed. Weights are random but non-trivial (batch-norm statistics and PReLU slop
 that every layer matters), seeded, so the fixtures are reproducible up to TF's float round-off.
 
 Files written per model NAME: ``NAME.h5`` and ``NAME.npz`` with ``x`` (inputs, file layout) and ``y``
-(Keras's outputs of ``model.predict``).
+(Keras's outputs of ``model.predict``). Builders draw from one seeded generator in order, so a builder added
+at the end leaves the earlier models' weights unchanged; ``unet_nonsquare_channels_first`` (24 x 40 input)
+was added that way.
 """
 import os
 import sys
@@ -132,6 +134,9 @@ def main(out_dir):
         "unet_channels_last": lambda: tiny_unet("channels_last"),
         "zoo_channels_first": lambda: padding_zoo("channels_first"),
         "zoo_channels_last": lambda: padding_zoo("channels_last"),
+        # non-square input (rows != columns), like the coronal/axial files' 160 x 512: a slice fed
+        # transposed cannot give the same labels (Testing/test_dosma.py, frame tests)
+        "unet_nonsquare_channels_first": lambda: tiny_unet("channels_first", size=(24, 40)),
     }
     for name, build in builders.items():
         model = build()

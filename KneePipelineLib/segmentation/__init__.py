@@ -38,8 +38,13 @@ def _model_path(entry: ModelEntry, options: RunOptions, progress: ProgressFn):
         if progress is not None:
             progress(0.3 * float(fraction), message)
 
+    folds = options.folds
+    if not folds and options.model_dir and entry.backend in ("nnunet", "nnunet_cascade"):
+        from .settings import model_dir_folds   # the fold the folder's own model_config.json names
+
+        folds = model_dir_folds(entry, options.model_dir)
     return ensure_model(entry, model_dir=options.model_dir, offline=options.offline, progress=sub,
-                        folds=options.folds, checkpoint=options.checkpoint)
+                        folds=folds, checkpoint=options.checkpoint)
 
 
 def check_result(image: Volume, result: SegmentationResult, entry: ModelEntry) -> SegmentationResult:

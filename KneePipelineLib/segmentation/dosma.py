@@ -3,11 +3,12 @@
 Procedure, for a model of plane P and input size (H, W) (read from the file's input shape, else the
 registry's ``config["size"]``):
 
-1. Reorient in *physical* space to the DOSMA orientation of P (``PLANE_ORIENTATION``; the DOSMA codes
-   name where an axis points to, e.g. ``"SI"`` = rows run superior -> inferior). The array axis closest to
-   each anatomical direction is found from the direction matrix (best of the 6 axis permutations by
-   summed |cosine|, so oblique scans work), then the array is transposed and flipped. Slices run along
-   the last axis (sagittal: LR, coronal: AP, axial: SI).
+1. Put the image in the model's frame (registry ``frame``; :mod:`.frame`, shared with nnU-Net): the
+   reference's ``TARGET_ORIENTATION`` of the plane's class -- sagittal ('SI','AP','LR'), coronal
+   ('LR','SI','AP'), axial ('LR','AP','SI') in DOSMA codes, which name where an array axis points
+   (``"SI"`` = superior -> inferior). Exact transpose + flips, chosen from the direction matrix so oblique
+   scans work. Slices run along the last axis (sagittal: LR, coronal: AP, axial: SI); rows along the first
+   (coronal and axial: LR, resized to 160 rows), columns along the second.
 2. Resize every slice to (H, W) with ``skimage.transform.resize(order=3)`` -- the reference's own call
    (cubic spline, Gaussian anti-aliasing when shrinking, output clipped to the input range). skimage is
    a pinned dependency; using it keeps the network's input identical to the reference rather than
@@ -21,7 +22,6 @@ The output label Volume has exactly the input's array shape, spacing, origin and
 """
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,92 +30,54 @@ import numpy as np
 
 from ..errors import GpuOutOfMemoryError, InvalidInputError, ModelInvalidError, SegmentationError
 from ..io.volume import Volume
+from .frame import (ANATOMY, DOSMA_AXIAL, DOSMA_CORONAL, DOSMA_SAGITTAL, FrameMap, check_codes, frame_map,
+                    frame_spacing, from_frame, plane_warning)
 
 ProgressFn = Optional[Callable[..., None]]
 
-# DOSMA orientation codes (dosma.core.orientation): SAGITTAL, CORONAL, AXIAL. Last axis = slices.
-PLANE_ORIENTATION = {
-    "sagittal": ("SI", "AP", "LR"),
-    "coronal": ("SI", "LR", "AP"),
-    "axial": ("AP", "LR", "SI"),
-}
-# where each DOSMA code points, as an LPS unit vector
-_CODE_LPS = {
-    "LR": (-1.0, 0.0, 0.0), "RL": (1.0, 0.0, 0.0),
-    "AP": (0.0, 1.0, 0.0), "PA": (0.0, -1.0, 0.0),
-    "SI": (0.0, 0.0, -1.0), "IS": (0.0, 0.0, 1.0),
-}
-_ANATOMY = {"LR": "left-right", "RL": "left-right", "AP": "anterior-posterior", "PA": "anterior-posterior",
-            "SI": "superior-inferior", "IS": "superior-inferior"}
+# The reference's slice layouts (DOSMA bone_seg ``models/stanford_qdess_bone.py`` TARGET_ORIENTATION of the
+# Sagittal / Coronal / Axial classes; the registry's ``frame`` of each entry). Last axis = slices; each slice
+# has rows = axis 0, columns = axis 1 and is resized to the model's (H, W) (coronal/axial: 160 x 512).
+PLANE_ORIENTATION = {"sagittal": DOSMA_SAGITTAL, "coronal": DOSMA_CORONAL, "axial": DOSMA_AXIAL}
 
 # What the DOSMA / Goyal models were trained on (sagittal qDESS, ~0.3 mm in-plane, FOV ~140-160 mm).
 TRAINED = {"inplane_spacing_mm": (0.2, 0.6), "fov_mm": (110.0, 200.0), "slice_spacing_mm": (0.4, 1.6)}
 
 
 # ----------------------------------------------------------------------------------------------------
-# geometry
+# geometry (the frame step itself is segmentation/frame.py, shared with nnU-Net and the ensemble)
 # ----------------------------------------------------------------------------------------------------
 def plane_orientation(entry_or_plane: Any) -> Tuple[str, str, str]:
-    """DOSMA orientation codes for a registry entry (``config["orientation"]`` overrides) or a plane name."""
+    """The frame (DOSMA codes) of a registry entry (``frame``, else ``config["orientation"]``, else its
+    plane's reference layout) or of a plane name."""
     if isinstance(entry_or_plane, str):
-        plane, cfg = entry_or_plane, {}
+        plane, cfg, frame = entry_or_plane, {}, ()
     else:
         plane, cfg = entry_or_plane.plane, dict(entry_or_plane.config or {})
+        frame = tuple(getattr(entry_or_plane, "frame", ()) or ())
+    if frame:
+        return check_codes(frame)
     if cfg.get("orientation"):
-        return tuple(cfg["orientation"])  # type: ignore[return-value]
+        return check_codes(cfg["orientation"])
     if plane not in PLANE_ORIENTATION:
         raise ModelInvalidError("2D model has no known plane (%r)." % (plane,),
                                 hint="Registry entries of 2D models need plane sagittal, coronal or axial.")
     return PLANE_ORIENTATION[plane]
 
 
-def reorientation(direction: np.ndarray, orientation: Sequence[str]) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
-    """(perm, flips) such that ``np.transpose(arr, perm)`` flipped on ``flips`` is in ``orientation``.
-
-    ``arr`` is a Volume array (indexed [k, j, i]); array axis a follows direction column 2 - a.
-    """
-    d = np.asarray(direction, dtype=float).reshape(3, 3)
-    axis_dirs = [d[:, 2 - a] / np.linalg.norm(d[:, 2 - a]) for a in range(3)]
-    targets = [np.asarray(_CODE_LPS[c]) for c in orientation]
-    best, best_score = None, -1.0
-    for perm in itertools.permutations(range(3)):
-        score = sum(abs(float(np.dot(axis_dirs[perm[t]], targets[t]))) for t in range(3))
-        if score > best_score + 1e-9:
-            best, best_score = perm, score
-    assert best is not None
-    flips = tuple(float(np.dot(axis_dirs[best[t]], targets[t])) < 0 for t in range(3))
-    return tuple(best), flips  # type: ignore[return-value]
+def model_slices(image: Volume, orientation: Sequence[str]) -> Tuple[np.ndarray, FrameMap]:
+    """The slices a 2D net of frame ``orientation`` sees, before resizing: (slices, rows, cols) float32
+    (rows along ``orientation[0]``, columns along ``orientation[1]``, slices along ``orientation[2]``)."""
+    fmap = frame_map(image.direction, orientation)
+    vol = fmap.forward(np.asarray(image.array, dtype=np.float32))
+    return np.ascontiguousarray(np.moveaxis(vol, -1, 0)), fmap
 
 
-def to_plane(arr: np.ndarray, perm, flips) -> np.ndarray:
-    out = np.transpose(arr, perm)
-    for ax, f in enumerate(flips):
-        if f:
-            out = np.flip(out, axis=ax)
-    return out
-
-
-def from_plane(arr: np.ndarray, perm, flips) -> np.ndarray:
-    """Inverse of :func:`to_plane` (works on extra leading axes too: the last 3 axes are spatial)."""
-    lead = arr.ndim - 3
-    for ax, f in enumerate(flips):
-        if f:
-            arr = np.flip(arr, axis=lead + ax)
-    inv = np.argsort(perm)
-    return np.transpose(arr, tuple(range(lead)) + tuple(lead + int(i) for i in inv))
-
-
-def plane_spacing(image: Volume, perm) -> np.ndarray:
-    """Spacing (mm) along the reoriented axes (rows, cols, slices)."""
-    arr_spacing = image.spacing_mm[::-1]  # array axis a <-> spacing of index axis 2 - a
-    return np.array([arr_spacing[p] for p in perm], dtype=float)
-
-
-def geometry_warnings(image: Volume, orientation: Sequence[str], perm) -> List[str]:
+def geometry_warnings(image: Volume, orientation: Sequence[str], fmap: FrameMap) -> List[str]:
     """Warnings when the field of view or spacing is far from the training data."""
     msgs = []
-    sp = plane_spacing(image, perm)
-    shape = to_plane(image.array, perm, (False, False, False)).shape
+    sp = frame_spacing(image, fmap)
+    shape = tuple(image.array.shape[p] for p in fmap.perm)
     lo, hi = TRAINED["inplane_spacing_mm"]
     flo, fhi = TRAINED["fov_mm"]
     for ax in range(3):
@@ -124,16 +86,16 @@ def geometry_warnings(image: Volume, orientation: Sequence[str], perm) -> List[s
             slo, shi = TRAINED["slice_spacing_mm"]
             if not slo <= sp[ax] <= shi:
                 msgs.append("The %s spacing is %.2f mm; the 2D U-Nets were trained on ~0.7 mm sagittal slices "
-                            "(expected %.1f-%.1f mm): results may be poor." % (_ANATOMY[code], sp[ax], slo, shi))
+                            "(expected %.1f-%.1f mm): results may be poor." % (ANATOMY[code], sp[ax], slo, shi))
             continue
         fov = sp[ax] * shape[ax]
         if not lo <= sp[ax] <= hi:
             msgs.append("The %s spacing is %.2f mm; the 2D U-Nets were trained on ~0.3 mm in-plane images "
-                        "(expected %.1f-%.1f mm): results may be poor." % (_ANATOMY[code], sp[ax], lo, hi))
+                        "(expected %.1f-%.1f mm): results may be poor." % (ANATOMY[code], sp[ax], lo, hi))
         if not flo <= fov <= fhi:
             msgs.append("The %s field of view is %.0f mm; the 2D U-Nets were trained on ~140-160 mm "
                         "(expected %.0f-%.0f mm) and do not normalise spacing: results may be poor."
-                        % (_ANATOMY[code], fov, flo, fhi))
+                        % (ANATOMY[code], fov, flo, fhi))
     return msgs
 
 
@@ -289,10 +251,11 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
     net = _load(path, device)
     size = model_input_size(net, entry)
     orientation = plane_orientation(entry)
-    perm, flips = reorientation(image.direction, orientation)
-    warnings = geometry_warnings(image, orientation, perm)
-    vol = to_plane(np.asarray(image.array, dtype=np.float32), perm, flips)      # (rows, cols, slices)
-    stack = np.moveaxis(vol, -1, 0)                                              # (slices, rows, cols)
+    stack, fmap = model_slices(image, orientation)                               # (slices, rows, cols)
+    warnings = geometry_warnings(image, orientation, fmap)
+    acq = plane_warning(image, getattr(entry, "acquisition_plane", None), getattr(entry, "display_name", entry.id))
+    if acq:
+        warnings.append(acq)
     slice_shape = stack.shape[1:]
     _report(progress, 0.05, "resizing %d slices to %dx%d" % (stack.shape[0], size[0], size[1]))
     x = zscore(resize_slices_cubic(stack, size))
@@ -314,23 +277,23 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
             raise
     del x
     info = {"id": entry.id, "backend": "keras_unet", "plane": entry.plane, "file": path.name,
-            "orientation": list(orientation), "model_input_size": list(size), "device": str(device),
+            "orientation": list(orientation), "frame": fmap.describe(), "model_input_size": list(size), "device": str(device),
             "batch_size": batch, "keras_version": getattr(net, "keras_info", {}).get("keras_version"),
             "data_format": net.data_format,
             "resize": "skimage.transform.resize order=3 (anti-aliased when shrinking); back: "
                       + ("bilinear probabilities" if probabilities else "nearest labels")}
     out: Dict[str, Any] = {"info": info, "warnings": warnings}
     if probabilities:
-        out["probabilities"] = _probabilities_to_input(pred, slice_shape, perm, flips, device)
+        out["probabilities"] = _probabilities_to_input(pred, slice_shape, fmap, device)
     else:
         lab = resize_slices_nearest(pred, slice_shape)                  # (slices, rows, cols)
-        out["labels"] = np.ascontiguousarray(from_plane(np.moveaxis(lab, 0, -1), perm, flips))
+        out["labels"] = from_frame(np.moveaxis(lab, 0, -1), fmap)
     info["seconds"] = round(time.time() - t0, 2)
     _report(progress, 0.95, "predicted %s" % entry.id)
     return out
 
 
-def _probabilities_to_input(pred: np.ndarray, slice_shape, perm, flips, device) -> np.ndarray:
+def _probabilities_to_input(pred: np.ndarray, slice_shape, fmap: FrameMap, device) -> np.ndarray:
     """(S, C, H, W) float16 -> (C, k, j, i) float16 in the input array order (bilinear, half-pixel)."""
     import torch
     import torch.nn.functional as F
@@ -344,7 +307,7 @@ def _probabilities_to_input(pred: np.ndarray, slice_shape, perm, flips, device) 
             res[:, s0:s0 + q.shape[0]] = q.permute(1, 0, 2, 3).numpy().astype(np.float16)
     # (C, slices, rows, cols) -> (C, rows, cols, slices) -> input order
     res = np.moveaxis(res, 1, -1)
-    return np.ascontiguousarray(from_plane(res, perm, flips))
+    return from_frame(res, fmap)
 
 
 def canonical(labels: np.ndarray, entry: Any) -> np.ndarray:

@@ -1,10 +1,15 @@
 """nnU-Net v2 backend: in-process ``nnUNetPredictor`` on a results folder (no ``nnUNet_*`` variables).
 
-Geometry: nnU-Net's default reader (``SimpleITKIO``) hands the network ``GetArrayFromImage`` order
-(k, j, i) with the spacing reversed to match; the prediction comes back in that array order, so the label
-map is the input array's grid and takes the input's geometry (oblique direction included) unchanged.
-Plans that name another reader (e.g. ``NibabelIO``) are run through that reader on a temporary NIfTI so
-the axis conventions the model was trained with are kept.
+Geometry: nnU-Net never reorients -- it takes the array axes as given -- so the image first goes into the
+model's frame (``ModelEntry.frame``, :mod:`.frame`: exact permutation + flips; the reference feeds every
+image as DOSMA's ``to_sitk("sagittal")`` array, axes (LR, SI, AP)). The network then gets what nnU-Net's
+default reader (``SimpleITKIO``) would give for that volume: ``GetArrayFromImage`` order with the spacing
+reversed to match. The prediction comes back on the frame's grid and is permuted/flipped back, so the label
+map has the input's exact geometry. Plans that name another reader (e.g. ``NibabelIO``) are run through
+that reader on a temporary NIfTI of the reoriented volume.
+
+Settings and checks (:mod:`.settings`): fold from ``model_config.json`` (registry fallback), checkpoint,
+configuration; every stage folder's plans/dataset checked before predicting.
 
 Cascade: the ``3d_lowres`` label map (input grid, float32, shape (1, k, j, i), exactly what nnU-Net's
 ``read_seg`` yields from a written prediction) is passed as ``segmentation_previous_stage`` to
@@ -28,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigurationError, GpuOutOfMemoryError, ModelInvalidError, SegmentationError
-from ..hub import checkpoint_file, file_manifest, model_folds, nnunet_config_folder, snapshot_revision
+from ..hub import file_manifest, nnunet_config_folder, snapshot_revision
 from ..io.volume import Volume
 from ..labels import load_convention, remap
 from ..options import RunOptions
@@ -213,10 +218,24 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
     from . import SegmentationResult
     from .postprocess import postprocess
 
+    from .frame import plane_warning, to_frame
+    from .settings import check_folder, nnunet_settings
+
     t0 = time.time()
     folders = stage_folders(entry, model_root)
-    folds = model_folds(entry, options.folds)
-    ck = checkpoint_file(options.checkpoint)
+    settings = nnunet_settings(entry, model_root, options.folds, options.checkpoint)
+    folds, ck = settings.folds, settings.checkpoint
+    checks = [check_folder(entry, f, c, folds, ck) for f, c in zip(folders, settings.configurations)]
+    warnings = []
+    fmap = None
+    if entry.frame:
+        frame_image, fmap = to_frame(image, entry.frame)
+    else:
+        frame_image = image
+    msg = plane_warning(image, entry.acquisition_plane, entry.display_name)
+    if msg:
+        warnings.append(msg)
+        log.warning(msg)
     device = select_device(options.device)
     old_threads = torch.get_num_threads()
     if options.threads:
@@ -240,11 +259,13 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
 
             report(0.95 * si / n_stages, "nnU-Net %s on %s (folds %s, %s)" % (conf, used_device.type, ",".join(folds), ck))
             with _quiet_stdout():
-                out = _run_with_fallback(folder, image, prev, used_device, options, folds, ck, tick, report)
+                out = _run_with_fallback(folder, frame_image, prev, used_device, options, folds, ck, tick, report)
             used_device = out["device"]
             tiles.append(out["tiles"])
             prev = out["seg"][None].astype(np.float32)  # what nnU-Net's read_seg gives for a prediction file
         seg = prev[0].astype(np.uint8)
+        if fmap is not None:
+            seg = np.ascontiguousarray(fmap.inverse(seg))
     finally:
         torch.set_num_threads(old_threads)
     canonical = remap(seg, load_convention(entry.label_convention), entry.label_convention)
@@ -274,6 +295,8 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
         "postprocess": bool(options.postprocess), "tiles": tiles, "seconds": round(seconds, 3),
         "threads": options.threads or old_threads, "nnunetv2": nnunet_version, "torch": torch.__version__,
         "label_convention": entry.label_convention,
+        "frame": fmap.describe() if fmap is not None else None, "settings": settings.record(),
+        "checks": checks, "warnings": warnings,
     }
     model["files"] = sorted(model["sha256"])
     report(1.0, "nnU-Net done in %.1f s" % seconds)
