@@ -2,10 +2,13 @@
 
 1. Log-linear weighted least squares: ln S = ln S0 - TE/T2 with weights S² (the variance of ln S is about
    σ²/S²), solved in closed form for every voxel at once.
-2. Optional non-linear refinement with a noise-floor-aware model of the magnitude signal,
-   S(TE) = sqrt((S0·exp(-TE/T2))² + 2σ²) (the expected squared magnitude of a Rician variable is A² + 2σ²),
-   by Levenberg–Marquardt with per-voxel damping, a fixed number of iterations, all voxels of a chunk in
-   one set of array operations.
+2. Optional non-linear refinement with a noise-floor-aware model of the magnitude signal: the *mean* of a
+   Rician variable of amplitude A = S0·exp(-TE/T2) and noise σ,
+   E[M] = σ·sqrt(π/2)·L_{1/2}(-A²/2σ²) = σ·sqrt(π/2)·[(1+x)·I0e(x/2) + x·I1e(x/2)], x = A²/2σ²
+   (I0e, I1e: exponentially scaled Bessel functions), which least squares on the magnitudes fits without
+   bias. (sqrt(A² + 2σ²), the root of the mean *squared* magnitude, over-states the floor twice at high
+   SNR - E[M] ≈ sqrt(A² + σ²) there - and under-read T2 by 7 % at SNR 10.) Levenberg–Marquardt with
+   per-voxel damping, a fixed number of iterations, all voxels of a chunk in one set of array operations.
 
 σ is estimated from the image background when not given (:func:`estimate_noise_sigma`).
 """
@@ -25,15 +28,26 @@ T2_BOUNDS_MS = (0.5, 2000.0)   # where the optimiser keeps T2 (the validity rang
 
 
 # -- noise --------------------------------------------------------------------------------------
-def _rayleigh_truncated_sigma(values: np.ndarray, sigma0: float, iterations: int = 4) -> float:
-    """Refine σ from background magnitudes below 3σ: E[M² | M < 3σ] = 2σ²·0.94951 for a Rayleigh variable."""
-    sigma = sigma0
-    c = 1.0 - 4.5 * np.exp(-4.5) / (1.0 - np.exp(-4.5))
+def _rayleigh_truncated_sigma(values: np.ndarray, sigma0: float, iterations: int = 50, tol: float = 1e-4) -> float:
+    """Refine σ from the magnitudes below 2σ: E[M² | M < 2σ] = 2σ²·0.68696 for a Rayleigh variable.
+
+    ``values`` must hold the whole background (every non-zero voxel): a pre-selection below a fixed
+    intensity would truncate the Rayleigh distribution lower than 2σ and bias σ low (by a third at σ = 8 %
+    of the signal). 2σ keeps 86 % of the background and few tissue voxels even at SNR 6. Iterated to a
+    fixed point.
+    """
+    sigma = float(sigma0)
+    c = 1.0 - 2.0 * np.exp(-2.0) / (1.0 - np.exp(-2.0))
+    v2 = np.asarray(values, dtype=np.float64) ** 2
     for _ in range(iterations):
-        bg = values[values < 3.0 * sigma]
+        bg = v2[v2 < 4.0 * sigma * sigma]
         if bg.size < 50:
             break
-        sigma = float(np.sqrt(np.mean(bg.astype(np.float64) ** 2) / (2.0 * c)))
+        new = float(np.sqrt(np.mean(bg) / (2.0 * c)))
+        done = abs(new - sigma) <= tol * sigma
+        sigma = new
+        if done:
+            break
     return sigma
 
 
@@ -41,9 +55,11 @@ def estimate_noise_sigma(image: np.ndarray) -> Tuple[Optional[float], str]:
     """Noise σ of a magnitude image from its background: (σ, how it was estimated).
 
     Exact zeros (zero-filled or masked outside the field of view) are ignored. The background of a magnitude
-    image is Rayleigh distributed with its mode at σ: the mode of the low-intensity histogram gives a first σ,
-    refined by the truncated second moment. Vendor-filtered backgrounds (no Rayleigh peak, as in many GE
-    exports) fall back to the RMS of the darkest half of the low-intensity voxels, and the method says so.
+    image is Rayleigh distributed with its mode at σ: the mode of the low-intensity histogram (its range
+    widened until the mode lies inside it, as far as half the bright level) gives a first σ, refined by the
+    truncated second moment of every voxel below 2σ. Vendor-filtered backgrounds (no Rayleigh peak, as in
+    many GE exports) fall back to the RMS of the darkest half of the low-intensity voxels, and the method
+    says so.
     """
     v = np.asarray(image, dtype=np.float32).ravel()
     v = v[v > 0]
@@ -54,12 +70,17 @@ def estimate_noise_sigma(image: np.ndarray) -> Tuple[Optional[float], str]:
     if low.size < 200:
         return None, "not estimated (no dark background)"
     nb = 200
-    hist, edges = np.histogram(low, bins=nb, range=(0.0, 0.1 * hi))
-    smooth = np.convolve(hist, np.ones(7) / 7.0, mode="same")
-    m = int(np.argmax(smooth))
-    if m >= 4 and smooth[m] > 2.0 * smooth[:2].mean():
+    top = 0.1 * hi
+    while True:
+        hist, edges = np.histogram(v, bins=nb, range=(0.0, top))
+        smooth = np.convolve(hist, np.ones(7) / 7.0, mode="same")
+        m = int(np.argmax(smooth))
+        if m < nb - 8 or top >= 0.5 * hi:
+            break
+        top = min(2.0 * top, 0.5 * hi)      # the mode lies at or beyond the range's end: widen it
+    if 4 <= m < nb - 8 and smooth[m] > 2.0 * smooth[:2].mean():
         sigma0 = 0.5 * float(edges[m] + edges[m + 1])
-        return _rayleigh_truncated_sigma(low, sigma0), "background Rayleigh mode, refined by truncated second moment"
+        return _rayleigh_truncated_sigma(v, sigma0), "background Rayleigh mode, refined by truncated second moment"
     dark = np.sort(low)[: max(low.size // 2, 1)]
     return (float(np.sqrt(np.mean(dark.astype(np.float64) ** 2) / 2.0)),
             "background without a Rayleigh peak (vendor-filtered): RMS of the darkest low-intensity voxels / sqrt(2)")
@@ -89,14 +110,44 @@ def loglinear_fit(signal: np.ndarray, te_ms: np.ndarray) -> Tuple[np.ndarray, np
     return s0, -b
 
 
+def rician_mean(amplitude: np.ndarray, sigma) -> Tuple[np.ndarray, np.ndarray]:
+    """E[M] of a Rician magnitude M with amplitude A and noise σ, and dE[M]/dA (both arrays like A).
+
+    E[M] = σ·sqrt(π/2)·[(1+x)·I0e(x/2) + x·I1e(x/2)], x = A²/2σ²; dE[M]/dA = sqrt(π/2)·A/(2σ)·(I0e + I1e)
+    (x/2 as the argument). E[M] → σ·sqrt(π/2) at A = 0 and → sqrt(A² + σ²) for A ≫ σ; σ = 0 gives A.
+    """
+    from scipy.special import i0e, i1e
+
+    a = np.abs(np.asarray(amplitude, dtype=np.float64))
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), a.shape)
+    pos = sig > 0
+    safe = np.where(pos, sig, 1.0)
+    near = pos & (a < 8.0 * safe)
+    # A ≥ 8σ: the asymptotic series A + σ²/2A + σ⁴/8A³ (error < 1e-5 σ), 30x cheaper than the Bessel functions
+    q2 = np.where(near | ~pos, 0.0, safe / np.where(near | ~pos, 1.0, a)) ** 2      # (σ/A)²
+    mean = a * (1.0 + q2 * (0.5 + 0.125 * q2))
+    slope = 1.0 - q2 * (0.5 + 0.375 * q2)
+    if near.any():
+        an, sn = a[near], safe[near]
+        x = (an / sn) ** 2 / 2.0
+        b0, b1 = i0e(x / 2.0), i1e(x / 2.0)
+        c = np.sqrt(np.pi / 2.0)
+        mean[near] = sn * c * ((1.0 + x) * b0 + x * b1)
+        slope[near] = c * an / (2.0 * sn) * (b0 + b1)
+    mean = np.where(pos, mean, a)
+    slope = np.where(pos, slope, 1.0)
+    return mean, slope
+
+
 def noise_floor_model(s0: np.ndarray, rate: np.ndarray, te_ms: np.ndarray, sigma: float) -> np.ndarray:
+    """Expected magnitude at each echo (n_echo, n): the Rician mean of S0·exp(-TE·R)."""
     u = s0[None, :] * np.exp(-np.outer(te_ms, rate))
-    return np.sqrt(u * u + 2.0 * sigma * sigma)
+    return rician_mean(u, sigma)[0]
 
 
 def refine_noise_floor(signal: np.ndarray, te_ms: np.ndarray, sigma: float, s0_init: np.ndarray,
                        rate_init: np.ndarray, iterations: int = LM_ITERATIONS) -> Tuple[np.ndarray, np.ndarray]:
-    """Levenberg–Marquardt fit of S = sqrt((S0 e^{-R·TE})² + 2σ²) for every column at once.
+    """Levenberg–Marquardt fit of S = E[M](S0 e^{-R·TE}; σ) (:func:`rician_mean`) for every column at once.
 
     Works in normalised units (signal / per-voxel maximum, TE / max TE) so the 2x2 normal equations are well
     conditioned; each voxel keeps its own damping and only accepts steps that lower its cost.
@@ -107,7 +158,7 @@ def refine_noise_floor(signal: np.ndarray, te_ms: np.ndarray, sigma: float, s0_i
     x = (te / xs)[:, None]
     scale = np.maximum(s.max(0), 1e-12)
     s = s / scale
-    sig2 = 2.0 * (float(sigma) / scale) ** 2
+    sig_n = float(sigma) / scale             # σ in each column's normalised units
     rate = np.asarray(rate_init, dtype=np.float64) * xs
     s0 = np.asarray(s0_init, dtype=np.float64) / scale
     r_lo, r_hi = xs / T2_BOUNDS_MS[1], xs / T2_BOUNDS_MS[0]
@@ -119,15 +170,15 @@ def refine_noise_floor(signal: np.ndarray, te_ms: np.ndarray, sigma: float, s0_i
     def model(p0, p1):
         e = np.exp(-x * p1)
         u = p0 * e
-        f = np.sqrt(u * u + sig2)
-        return e, u, np.maximum(f, 1e-12)
+        f, dfdu = rician_mean(u, sig_n[None, :])
+        return e, u, f, dfdu
 
-    e, u, f = model(s0, rate)
+    e, u, f, dfdu = model(s0, rate)
     r = s - f
     cost = np.einsum("ij,ij->j", r, r)
     for _ in range(iterations):
-        j0 = u * e / f
-        j1 = -x * u * u / f
+        j0 = dfdu * e
+        j1 = -x * u * dfdu
         a00 = np.einsum("ij,ij->j", j0, j0)
         a01 = np.einsum("ij,ij->j", j0, j1)
         a11 = np.einsum("ij,ij->j", j1, j1)
@@ -139,7 +190,7 @@ def refine_noise_floor(signal: np.ndarray, te_ms: np.ndarray, sigma: float, s0_i
         det = np.where(np.abs(det) > 1e-30, det, 1e-30)
         n0 = np.maximum(s0 + (d11 * g0 - a01 * g1) / det, 1e-9)
         n1 = np.clip(rate + (d00 * g1 - a01 * g0) / det, r_lo, r_hi)
-        ne, nu, nf = model(n0, n1)
+        ne, nu, nf, ndfdu = model(n0, n1)
         nr = s - nf
         ncost = np.einsum("ij,ij->j", nr, nr)
         ok = ncost < cost
@@ -151,6 +202,7 @@ def refine_noise_floor(signal: np.ndarray, te_ms: np.ndarray, sigma: float, s0_i
         e = np.where(okb, ne, e)
         u = np.where(okb, nu, u)
         f = np.where(okb, nf, f)
+        dfdu = np.where(okb, ndfdu, dfdu)
         r = np.where(okb, nr, r)
     return s0 * scale, rate / xs
 
@@ -240,7 +292,7 @@ def fit_mese(echoes: MultiEcho, drop_first_echo: bool = True, refine: bool = Tru
     vol = lambda a: geom.with_array(a.reshape(shape))  # noqa: E731
     method = "loglinear-wls" + ("+lm-noise-floor" if refine else "")
     params: Dict[str, Any] = {
-        "model": ("S = sqrt((S0 exp(-TE/T2))^2 + 2 sigma^2)" if refine else "S = S0 exp(-TE/T2)"),
+        "model": ("S = Rician mean of amplitude S0 exp(-TE/T2) and noise sigma" if refine else "S = S0 exp(-TE/T2)"),
         "initial_fit": "log-linear least squares weighted by S^2",
         "echo_times_ms": [float(t) for t in tes],
         "echo_times_used_ms": [float(t) for t in te],
