@@ -6,6 +6,9 @@ process group (POSIX session) so that :meth:`PipelineRunner.cancel` and the time
 every grandchild it started (worker pools, nnU-Net's data loaders) -- killing only the direct child would
 leave grandchildren holding the output pipe open.
 
+A run ends on the child's exit code: output still arriving is awaited for ``pipe_grace_s``, then a
+process that keeps the pipes open (a grandchild) is ended with the group instead of being waited for.
+
 stdout carries the JSON-lines protocol of :mod:`.progress`; lines that are not protocol events and all of
 stderr are surfaced as ``log`` events (``stream`` = "stdout" / "stderr") for the log panel.
 """
@@ -70,6 +73,7 @@ def child_environment(base: Optional[Mapping[str, str]] = None, pythonpath: Sequ
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["KNEEPIPELINE_ECHO_EVENTS"] = "0"   # warnings/logs arrive as events; don't repeat them on stderr
+    env["KNEEPIPELINE_PROGRESS"] = "json"   # the protocol, never the terminal's progress bar (progress.py)
     for key in ("PYTHONHOME", "PYTHONSTARTUP"):   # never inherit another interpreter's home
         if base is None:
             env.pop(key, None)
@@ -91,7 +95,7 @@ class PipelineRunner:
     def __init__(self, command: Sequence[str], env: Optional[Mapping[str, str]] = None,
                  cwd: Optional[str] = None, timeout_s: Optional[float] = None,
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 out_dir: Optional[str] = None, kill_grace_s: float = 3.0) -> None:
+                 out_dir: Optional[str] = None, kill_grace_s: float = 3.0, pipe_grace_s: float = 2.0) -> None:
         self.command = [str(c) for c in command]
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
@@ -99,6 +103,7 @@ class PipelineRunner:
         self.on_event = on_event
         self.out_dir = out_dir
         self.kill_grace_s = kill_grace_s
+        self.pipe_grace_s = pipe_grace_s   # how long output may trail the child's exit
         self.status = RunStatus()
         self.process: Optional[subprocess.Popen] = None
         self.pgid: Optional[int] = None
@@ -109,6 +114,7 @@ class PipelineRunner:
         self._cancel_reason: Optional[str] = None
         self._kill_deadline: Optional[float] = None
         self._killed = False
+        self._exited_at: Optional[float] = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> "PipelineRunner":
@@ -155,14 +161,30 @@ class PipelineRunner:
             self._signal_group(getattr(signal, "SIGKILL", signal.SIGTERM))
             self._killed = True
         rc = self.process.poll()
-        if rc is not None and self._readers_done():
-            if self._cancel_reason is not None and self.group_alive():
-                # the child is gone but a grandchild survived SIGTERM: no mercy
-                self._signal_group(getattr(signal, "SIGKILL", signal.SIGTERM))
-                self._killed = True
-                return new
-            new.extend(self._drain())
-            self._finish(rc)
+        if rc is None:
+            return new
+        if self._exited_at is None:
+            self._exited_at = now
+        readers_done = self._readers_done()
+        if not readers_done and now - self._exited_at < self.pipe_grace_s:
+            return new   # the last lines may still be on their way
+        if self._cancel_reason is not None and self.group_alive():
+            # the child is gone but a grandchild survived SIGTERM: no mercy
+            self._signal_group(getattr(signal, "SIGKILL", signal.SIGTERM))
+            self._killed = True
+            return new
+        new.extend(self._drain())
+        if not readers_done:
+            # The pipeline exited but a process it started keeps stdout/stderr open (nnU-Net's workers on
+            # macOS do): finish on the exit code rather than wait for the pipes to close.
+            event = {"event": "log", "stream": "runner",
+                     "message": "The pipeline exited (code %s) while a process it started still held its output "
+                                "open; that process group was ended." % rc}
+            self._apply(event)
+            new.append(event)
+        self._finish(rc)
+        if self.group_alive():   # leftovers of a finished run: end them
+            self._signal_group(getattr(signal, "SIGKILL", signal.SIGTERM))
         return new
 
     def _drain(self) -> List[Dict[str, Any]]:
@@ -261,8 +283,9 @@ class PipelineRunner:
         if self.process is None:
             return
         if os.name == "nt":  # pragma: no cover - Windows: kill the tree
-            subprocess.call(["taskkill", "/T", "/F", "/PID", str(self.process.pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.call(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000))
             return
         try:
             os.killpg(self.pgid, sig)

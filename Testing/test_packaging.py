@@ -14,8 +14,9 @@ MODULE_DIR = ROOT / "KneePipeline"
 PY39_FILES = ["KneePipeline/KneePipeline.py", "KneePipelineLib/__init__.py", "KneePipelineLib/options.py",
               "KneePipelineLib/progress.py", "KneePipelineLib/errors.py", "KneePipelineLib/manifest.py",
               "KneePipelineLib/registry.py", "KneePipelineLib/runner.py", "KneePipelineLib/envsetup.py",
-              "KneePipelineLib/labels.py"] + sorted(
-    str(p.relative_to(ROOT)) for p in (LIB / "slicer_io").glob("*.py"))
+              "KneePipelineLib/envpython.py", "KneePipelineLib/labels.py"] + sorted(
+    str(p.relative_to(ROOT)) for p in list((LIB / "slicer_io").glob("*.py"))
+    + list((MODULE_DIR / "KneePipelineModule").glob("*.py")))
 
 
 def _library_files():
@@ -102,6 +103,10 @@ def test_module_cmake_lists_script_resources_and_tests():
     assert sorted(resources) == ["Resources/Icons/KneePipeline.png", "Resources/UI/KneePipeline.ui"]
     for r in resources:
         assert (MODULE_DIR / r).is_file(), r
+    scripts = [r.replace("${MODULE_NAME}", "KneePipeline") for r in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    on_disk = ["KneePipeline.py"] + sorted("KneePipelineModule/" + p.name
+                                           for p in (MODULE_DIR / "KneePipelineModule").glob("*.py"))
+    assert sorted(scripts) == sorted(on_disk), "list every file of KneePipelineModule/ in KneePipeline/CMakeLists.txt"
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
 
@@ -142,11 +147,36 @@ def test_s4ext_has_the_legacy_fields():
         assert fields.get(key), key
 
 
+def test_s4ext_is_generated_from_the_catalog_entry_and_cmake():
+    """One source of truth: KneePipeline.json (scm, category) and the EXTENSION_* variables of CMakeLists.txt;
+    tools/make_s4ext.py writes KneePipeline.s4ext from them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_s4ext", str(ROOT / "tools" / "make_s4ext.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (ROOT / "KneePipeline.s4ext").read_text(encoding="utf-8") == gen.render(ROOT), \
+        "run `python tools/make_s4ext.py` and commit KneePipeline.s4ext"
+    entry = json.loads((ROOT / "KneePipeline.json").read_text(encoding="utf-8"))
+    text = (ROOT / "KneePipeline.s4ext").read_text(encoding="utf-8")
+    assert "scmurl %s\n" % entry["scm_url"] in text and "category %s\n" % entry["category"] in text
+
+
+def test_screenshot_named_in_cmake_exists():
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', text).group(1).split()
+    assert urls
+    for url in urls:
+        rel = url.split("/main/", 1)[1]
+        w, h = _png_size(ROOT / rel)
+        assert w >= 400 and h >= 300, (rel, w, h)
+
+
 def test_module_puts_the_library_on_sys_path_when_run_from_source():
     tree = ast.parse((MODULE_DIR / "KneePipeline.py").read_text(encoding="utf-8"), feature_version=(3, 9))
     src = ast.unparse(tree)
-    first_lib_import = min(n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                           and (n.module or "").startswith("KneePipelineLib"))
-    insert = min(n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "sys.path.insert")
-    assert insert < first_lib_import
+    first_own_import = min(n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                           and (n.module or "").split(".")[0] in ("KneePipelineLib", "KneePipelineModule"))
+    insert = max(n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "sys.path.insert")
+    assert insert < first_own_import
     assert "os.path.dirname(_HERE)" in src and "'KneePipelineLib'" in src

@@ -125,13 +125,29 @@ def test_failing_step_raises_with_output_and_hint(tmp_path):
 
 
 def test_envsetup_cli_dry_run_speaks_the_protocol(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
     out = subprocess.run([sys.executable, "-m", "KneePipelineLib.envsetup", "--env-dir", str(tmp_path / "env"),
-                          "--torch", "cpu", "--dry-run"], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+                          "--torch", "cpu", "--dry-run"], cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+                         env=env)
     assert out.returncode == 0, out.stderr
     events = [parse_line(l) for l in out.stdout.splitlines()]
     assert events[0]["event"] == "hello"
     msgs = [e["message"] for e in events if e and e["event"] == "log"]
     assert any(m.startswith("torch:") and "whl/cpu" in m for m in msgs)
+    # a matching torch wheel in a find-links folder is installed instead of downloaded
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    tag = "cp%d%d" % sys.version_info[:2]
+    plat = {"Linux": "manylinux_2_28_x86_64", "Darwin": "macosx_11_0_arm64", "Windows": "win_amd64"}
+    name = "torch-%s+cpu-%s-%s-%s.whl" % (E.TORCH_VERSION, tag, tag, plat.get(__import__("platform").system(), "x"))
+    (wheels / name).write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "KneePipelineLib.envsetup", "--env-dir", str(tmp_path / "env"),
+                          "--torch", "cpu", "--find-links", str(wheels), "--dry-run"], cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60, env=env)
+    msgs = [e["message"] for e in map(parse_line, out.stdout.splitlines()) if e and e["event"] == "log"]
+    torch = next(m for m in msgs if m.startswith("torch:"))
+    if __import__("platform").machine().lower() in ("x86_64", "amd64", "arm64"):
+        assert torch.endswith(name) and "--index-url" not in torch
 
 
 def test_resolve_python_errors_are_typed(tmp_path):
@@ -139,4 +155,5 @@ def test_resolve_python_errors_are_typed(tmp_path):
         E.resolve_python("")
     with pytest.raises(ConfigurationError):
         E.resolve_python(str(tmp_path / "nope"))
-    assert E.default_env_dir("/home/u/.config/NA-MIC") == os.path.join("/home/u/.config/NA-MIC", E.ENV_FOLDER_NAME)
+    assert E.default_env_dir("/home/u/.config/NA-MIC", system="Linux") == os.path.join("/home/u/.config/NA-MIC",
+                                                                                       E.ENV_FOLDER_NAME)

@@ -1,6 +1,6 @@
-"""KneePipeline.py's own glue, imported outside the Slicer application.
+"""The Slicer module's glue (KneePipeline.py and KneePipeline/KneePipelineModule/), imported outside Slicer.
 
-What is real here: the module file itself, our library (options, CLI parser, runner, loader, envsetup, labels,
+What is real here: the module's files themselves, our library (options, CLI parser, runner, loader, envsetup, labels,
 registry) and Slicer's MRML/segmentation classes from PyPI's ``slicer-core`` (``slicer``, ``vtk``).
 
 What is stood in for, because only the Slicer application has it (see ../shared/docs/SLICER.md):
@@ -40,6 +40,7 @@ from KneePipelineLib.slicer_io import load_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "KneePipeline" / "KneePipeline.py"
+PACKAGE = ROOT / "KneePipeline" / "KneePipelineModule"
 UI = ROOT / "KneePipeline" / "Resources" / "UI" / "KneePipeline.ui"
 
 
@@ -69,6 +70,7 @@ def _stand_ins():
 @pytest.fixture(scope="module")
 def mod():
     saved = {k: sys.modules.get(k) for k in _stand_ins()}
+    saved_path = list(sys.path)
     sys.modules.update(_stand_ins())
     try:
         spec = importlib.util.spec_from_file_location("KneePipeline_under_test", str(MODULE))
@@ -81,6 +83,9 @@ def mod():
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+        for k in [k for k in sys.modules if k.split(".")[0] == "KneePipelineModule"]:
+            del sys.modules[k]
+        sys.path[:] = saved_path
 
 
 def _split(annotation):
@@ -232,30 +237,55 @@ def test_t2_without_echoes_is_a_configuration_error(mod, tmp_path):
 
 
 def test_unset_paths_count_as_empty(mod):
-    assert mod._path_or_none(pathlib.Path()) is None and mod._path_or_none("") is None
-    assert mod._path_or_none(pathlib.Path("/data/run")) == "/data/run"
+    assert mod.path_or_none(pathlib.Path()) is None and mod.path_or_none("") is None
+    assert mod.path_or_none(pathlib.Path("/data/run")) == "/data/run"
 
 
 # -- calls into our library match its signatures ---------------------------------------------------
 def test_module_calls_the_library_with_its_real_signatures(mod):
     import ast
 
+    from KneePipelineLib import envpython
+
     targets = {"runner.start_pipeline": runner.start_pipeline, "runner.child_environment": runner.child_environment,
                "runner.PipelineRunner": runner.PipelineRunner, "load_run": load_run,
-               "envsetup.check_environment": envsetup.check_environment,
-               "envsetup.find_base_python": envsetup.find_base_python,
-               "envsetup.resolve_python": envsetup.resolve_python, "envsetup.env_python": envsetup.env_python,
-               "envsetup.default_env_dir": envsetup.default_env_dir}
+               "envpython.probe_command": envpython.probe_command,
+               "envpython.parse_probe_output": envpython.parse_probe_output,
+               "envpython.judge_environment": envpython.judge_environment,
+               "envpython.resolve_python": envpython.resolve_python, "envpython.env_python": envpython.env_python,
+               "envsetup.default_env_dir": envsetup.default_env_dir, "write_sample_run": __import__(
+                   "KneePipelineLib.slicer_io.sample_run", fromlist=["x"]).write_sample_run}
     seen = set()
-    for node in ast.walk(ast.parse(MODULE.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Call) and ast.unparse(node.func) in targets:
-            name = ast.unparse(node.func)
-            sig = inspect.signature(targets[name])
-            args = [object()] * len(node.args)
-            kwargs = {k.arg: object() for k in node.keywords}
-            sig.bind(*args, **kwargs)   # TypeError if an argument does not exist or one is missing
-            seen.add(name)
-    assert {"runner.start_pipeline", "load_run", "envsetup.check_environment", "envsetup.find_base_python"} <= seen
+    for path in [MODULE] + sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in targets:
+                name = ast.unparse(node.func)
+                sig = inspect.signature(targets[name])
+                args = [object()] * len(node.args)
+                kwargs = {k.arg: object() for k in node.keywords}
+                sig.bind(*args, **kwargs)   # TypeError if an argument does not exist or one is missing
+                seen.add(name)
+    assert {"runner.start_pipeline", "load_run", "envpython.probe_command", "envpython.judge_environment",
+            "envsetup.default_env_dir", "write_sample_run"} <= seen
+
+
+def test_setup_command_is_one_the_envsetup_cli_accepts(mod, tmp_path, monkeypatch):
+    """The module starts `PythonSlicer -m KneePipelineLib.envsetup <flags>`: its flags must parse."""
+    import ast
+
+    from KneePipelineLib.envsetup import _parser
+
+    src = (PACKAGE / "install.py").read_text(encoding="utf-8")
+    flags = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("--"):
+            flags.add(node.value)
+    assert {"--env-dir", "--uv", "--base-python", "--child-env", "--forbid-python"} <= flags
+    argv = []
+    for f in sorted(flags):
+        argv += [f, str(tmp_path / f.strip("-"))]
+    args = _parser().parse_args(argv)
+    assert args.uv and args.child_env and args.env_dir
 
 
 # -- a segmentation node -> canonical label map, on a real MRML scene ---------------------------------

@@ -87,7 +87,9 @@ settings = collapsible("settingsCollapsibleButton", "Analysis", form("settingsFo
     ("T2 mapping:", w("QCheckBox", "t2CheckBox", param("t2Enabled"), prop("text", "string", "Fit a T2 map"))),
     ("Echo images:", path_edit("echoesPathLineEdit", "echoesPath", "ctkPathLineEdit::Files|ctkPathLineEdit::Dirs|ctkPathLineEdit::Readable",
                                "Multi-echo spin-echo series: a DICOM folder, a zip, or a 4D volume.")),
-    ("Device:", combo("deviceComboBox", "device", ["auto", "cuda", "cpu"], "auto: the GPU when there is one.")),
+    ("Device:", combo("deviceComboBox", "device", ["auto", "cuda", "mps", "cpu"],
+                      "auto: an NVIDIA GPU (cuda), else an Apple Silicon GPU (mps, with the CPU for operations it "
+                      "lacks), else the CPU.")),
     ("Output folder:", path_edit("outputDirectoryPathLineEdit", "outputDirectory", "ctkPathLineEdit::Dirs|ctkPathLineEdit::Writable",
                                  "Where the run writes its results (empty: a new folder under Slicer's temporary folder).")),
     ("", w("QCheckBox", "replaceCheckBox", param("replaceResults"),
@@ -112,7 +114,7 @@ env = collapsible("environmentCollapsibleButton", "Pipeline environment", form("
                           "The separate Python environment that runs the pipeline (a venv/conda folder or its python).")),
     (None, hbox("environmentButtonsLayout", [
         w("QPushButton", "setupEnvButton", prop("text", "string", "Set up"),
-          prop("toolTip", "string", "Create a new environment next to Slicer's settings and install the pipeline with the right torch for this GPU.")),
+          prop("toolTip", "string", "Create a new environment (with its own Python, downloaded by uv) and install the pipeline with the right torch for this computer.")),
         w("QPushButton", "checkEnvButton", prop("text", "string", "Check"),
           prop("toolTip", "string", "Check that the chosen Python has what the pipeline needs."))])),
     (None, w("QLabel", "envStatusLabel", prop("text", "string", ""), prop("wordWrap", "bool", "true"))),
@@ -121,7 +123,9 @@ env = collapsible("environmentCollapsibleButton", "Pipeline environment", form("
 run = hbox("runButtonsLayout", [
     w("QPushButton", "runButton", prop("text", "string", "Run"), prop("enabled", "bool", "false")),
     w("QPushButton", "cancelButton", prop("text", "string", "Cancel"), prop("enabled", "bool", "false")),
-    w("QPushButton", "loadRunButton", prop("text", "string", "Load results folder..."))])
+    w("QPushButton", "loadRunButton", prop("text", "string", "Load results folder...")),
+    w("QPushButton", "sampleDataButton", prop("text", "string", "Try with sample data"),
+      prop("toolTip", "string", "Download the sample knee's segmentation and analyse it (no model download; about a minute)."))])
 
 progress = ('<layout class="QVBoxLayout" name="progressLayout"><item>%s</item><item>%s</item></layout>' % (
     w("QProgressBar", "progressBar", prop("value", "number", 0), prop("textVisible", "bool", "true")),
