@@ -13,6 +13,7 @@ from KneePipelineLib.errors import ModelInvalidError  # noqa: E402
 from KneePipelineLib.options import RunOptions  # noqa: E402
 from KneePipelineLib.pipeline import run  # noqa: E402
 from KneePipelineLib.progress import Progress  # noqa: E402
+from KneePipelineLib.registry import get_model  # noqa: E402
 
 SMALL = Path(__file__).resolve().parent / "fixtures" / "nsm_small"
 ITER = 4
@@ -69,6 +70,22 @@ def test_manifest_lists_the_nsm_mesh_in_patient_space(nsm_run):
     femur, _ = polydata_arrays(read_mesh(out / manifest.find(kind="mesh", structure="femur")[0].path))
     # the reconstruction lies on the patient's femur (mm, LPS), not in model space
     assert len(rec) > 1000 and np.linalg.norm(rec.mean(0) - femur.mean(0)) < 10.0
+
+
+def test_manifest_says_which_model_files_produced_the_fit(nsm_run):
+    import hashlib
+
+    out, manifest, _ = nsm_run
+    on_disk = json.loads((out / "manifest.json").read_text())["models"]
+    nsm = on_disk["nsm_bone_only"]
+    ck = next(k for k in nsm["sha256"] if k.startswith("model/") and k.endswith(".pth"))
+    assert nsm["source"] == "local" and nsm["revision"] is None and nsm["path"] == str(SMALL)
+    assert nsm["sha256"]["model_params_config.json"] == \
+        hashlib.sha256((SMALL / "model_params_config.json").read_bytes()).hexdigest()
+    assert nsm["sha256"][ck] == hashlib.sha256((SMALL / ck).read_bytes()).hexdigest()
+    bs = on_disk["bscore_bone_only"]   # the test's own unit vector: recorded, and not the published file
+    assert bs["sha256"]["model.json"] == hashlib.sha256((out.parent / "bscore" / "model.json").read_bytes()).hexdigest()
+    assert bs["verified"] is False and bs["pinned_revision"] == get_model("bscore_bone_only").source.revision
 
 
 def test_bone_cartilage_request_with_a_bone_only_model_is_refused(tmp_path, sample_labels_path):
