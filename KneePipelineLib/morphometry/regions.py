@@ -202,13 +202,13 @@ class FemurRegionInfo:
 
 
 def _posterior_condylar_rotation(ml: np.ndarray, ap: np.ndarray, ml_split: float, iterations: int = 2,
-                                 max_deg: float = 25.0) -> Tuple[float, np.ndarray, np.ndarray]:
+                                 max_deg: float = 25.0) -> Tuple[Optional[float], np.ndarray, np.ndarray]:
     """Rotation (rad, about the superior axis) that makes the posterior condylar line medio-lateral.
 
     The most posterior 0.5 % of the cartilage of each condyle (more than 5 mm from ``ml_split``) gives
     one point per condyle; the angle of the line through them is removed, twice (the extreme points
-    move a little with the rotation). Returns (angle, ml', ap'); angle 0 when a side is empty or the
-    angle exceeds ``max_deg``.
+    move a little with the rotation). Returns (angle, ml', ap'); angle None (and the input coordinates)
+    when a side is empty or the angle exceeds ``max_deg``.
     """
     total = 0.0
     m, a = ml, ap
@@ -216,7 +216,7 @@ def _posterior_condylar_rotation(ml: np.ndarray, ap: np.ndarray, ml_split: float
         pts = []
         for side in (m > ml_split + 5.0, m < ml_split - 5.0):
             if side.sum() < 50:
-                return 0.0, ml, ap
+                return None, ml, ap
             q = np.percentile(a[side], 0.5)
             sel = side & (a <= q)
             pts.append((m[sel].mean(), a[sel].mean()))
@@ -224,7 +224,7 @@ def _posterior_condylar_rotation(ml: np.ndarray, ap: np.ndarray, ml_split: float
         th = float(np.arctan2(a1 - a2, m1 - m2))
         total += th
         if abs(np.degrees(total)) > max_deg:
-            return 0.0, ml, ap
+            return None, ml, ap
         m, a = np.cos(total) * ml + np.sin(total) * ap, -np.sin(total) * ml + np.cos(total) * ap
     return total, m, a
 
@@ -283,7 +283,8 @@ def femoral_subregions(labels, frame: KneeFrame, wb_fraction: float = 0.6, super
     rot = 0.0
     if found is not None:
         rot, ml, ap = _posterior_condylar_rotation(ml, ap, found[0])
-        if rot == 0.0:
+        if rot is None:             # not found (an exactly symmetric knee gives a true 0.0)
+            rot = 0.0
             warnings.append("Posterior condylar line not found (or rotated > 25° from the tibial plates): "
                             "femoral sub-regions use the knee frame's medio-lateral axis.")
     ap_post = float(np.percentile(ap, 0.1))
