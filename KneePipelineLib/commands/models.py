@@ -17,6 +17,10 @@ def add_arguments(p):
     p.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds to fetch (default: the published ones)")
     p.add_argument("--checkpoint", choices=("best", "final"), default="best")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub or the Git host")
+    p.add_argument("--check", metavar="DIR", help="check that a model folder you already have is a registry model "
+                   "(nnU-Net: plans transpose/spacing, labels, fold and checkpoint; 2D nets: the .h5 input size "
+                   "and classes) before any prediction; exits non-zero with the problem when it is not")
+    p.add_argument("--model", metavar="ID", help="with --check: the registry model DIR must be (default: any)")
 
 
 def _row(entry, args) -> dict:
@@ -54,10 +58,74 @@ def _revision_text(r: dict) -> str:
     return "-"
 
 
+def _check_entry(entry, folder, args) -> dict:
+    """One registry model against a user's folder: {"id", "ok", "problem" | "details"}."""
+    import pathlib
+
+    from ..errors import KneePipelineError
+
+    try:
+        if entry.backend in ("nnunet", "nnunet_cascade"):
+            from ..hub import _candidate_roots
+            from ..segmentation.settings import check_model, folder_name
+
+            confs = entry.config.get("configurations", [])
+            roots = [r for r in _candidate_roots(entry, pathlib.Path(folder))
+                     if all((r / folder_name(entry, c)).is_dir() for c in confs)]
+            if not roots:
+                return {"id": entry.id, "ok": False, "problem": "no %s folder in %s" % (
+                    " + ".join(folder_name(entry, c) for c in confs), folder)}
+            details = check_model(entry, roots[0], args.folds, args.checkpoint)
+            return {"id": entry.id, "ok": True, "path": str(roots[0]), "details": details}
+        if entry.backend == "keras_unet":
+            from ..segmentation.dosma import model_file
+            from ..segmentation.keras_h5 import check_keras_file
+
+            name = (entry.config or {}).get("file", "*.h5")
+            if not (pathlib.Path(folder) / name).is_file():
+                return {"id": entry.id, "ok": False, "problem": "no %s in %s" % (name, folder)}
+            path = model_file(entry, pathlib.Path(folder))
+            return {"id": entry.id, "ok": True, "path": str(path), "details": check_keras_file(path, entry)}
+    except KneePipelineError as exc:
+        return {"id": entry.id, "ok": False, "problem": exc.message if hasattr(exc, "message") else str(exc),
+                "hint": getattr(exc, "hint", None)}
+    return {"id": entry.id, "ok": False, "problem": "backend %s has no folder check" % entry.backend}
+
+
+def check(args, progress) -> int:
+    """``models --check DIR``: which registry model the folder holds, or why it holds none."""
+    import pathlib
+
+    from ..errors import ModelInvalidError, ModelMissingError
+    from ..registry import get_model, list_models
+
+    folder = pathlib.Path(args.check).expanduser()
+    if not folder.is_dir():
+        raise ModelMissingError("%s is not a folder." % folder, hint="Give the folder that holds the model files.")
+    entries = [get_model(args.model)] if args.model else [m for m in list_models("segmentation")
+                                                          if m.backend in ("nnunet", "nnunet_cascade", "keras_unet")]
+    rows = [_check_entry(e, folder, args) for e in entries]
+    for r in rows:
+        sys.stderr.write("%-18s %s\n" % (r["id"], "OK  %s" % r["path"] if r["ok"] else "--  " + r["problem"]))
+    ok = [r for r in rows if r["ok"]]
+    if not ok:
+        # the most specific problem: one about a folder that exists, not "no such folder"
+        named = [r for r in rows if not r["problem"].startswith("no ")] or rows
+        first = named[0]
+        raise ModelInvalidError("%s is not a usable %s: %s" % (folder, first["id"] if args.model or len(named) == 1
+                                                               else "registry model", first["problem"]),
+                                hint=first.get("hint") or "kneepipeline models lists the registry models and "
+                                                          "their expected files.")
+    progress.result(check=rows)
+    return 0
+
+
 def main(args, progress) -> int:
     from ..hub import ensure_model
     from ..registry import get_model, list_models
 
+    if args.check:
+        return check(args, progress)
     if args.download:
         ids = [m.id for m in list_models() if m.source is not None] if args.download == ["all"] else args.download
         entries = [get_model(i) for i in ids]
