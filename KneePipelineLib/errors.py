@@ -21,8 +21,10 @@ EXIT_CODES = {
     "segmentation_failed": 31,
     "nsm_failed": 32,
     "t2_failed": 33,
+    "insufficient_memory": 34,
     "output_unwritable": 40,
     "configuration": 41,
+    "busy": 42,
     "timeout": 50,
     "cancelled": 51,
     "internal": 70,
@@ -128,6 +130,18 @@ class OutputUnwritableError(KneePipelineError):
     default_hint = "Choose an output folder you can write to, outside the input folder."
 
 
+class InsufficientMemoryError(KneePipelineError):
+    category = "insufficient_memory"
+    default_hint = ("The step was refused before it started because this machine does not have the memory it "
+                    "needs; close other programs, use a machine with more memory, or check the input's voxel "
+                    "spacing.")
+
+
+class BusyError(KneePipelineError):
+    category = "busy"
+    default_hint = "Another run is writing into this output folder; wait for it to finish or choose another --out."
+
+
 class ConfigurationError(KneePipelineError):
     category = "configuration"
     default_hint = "Check the command-line options (kneepipeline --help)."
@@ -147,6 +161,14 @@ class InternalError(KneePipelineError):
     category = "internal"
 
 
+def _disk_errnos():
+    import errno
+    return {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, n)}
+
+
+_DISK_ERRNOS = _disk_errnos()
+
+
 def classify(exc: BaseException) -> KneePipelineError:
     """Map any exception to the taxonomy by its *type* (never by its text)."""
     if isinstance(exc, KneePipelineError):
@@ -164,4 +186,9 @@ def classify(exc: BaseException) -> KneePipelineError:
         pass
     if isinstance(exc, PermissionError):
         return OutputUnwritableError("Permission denied: %s" % (getattr(exc, "filename", None) or exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:  # the machine, not the code: classified by errno
+        import os
+        return OutputUnwritableError("Cannot write %s: %s." % (getattr(exc, "filename", None) or "an output",
+                                                               os.strerror(exc.errno)),
+                                     hint="Free disk space or choose another output folder (--out).")
     return InternalError("Unexpected error: %s: %s" % (type(exc).__name__, exc))

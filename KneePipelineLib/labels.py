@@ -8,6 +8,7 @@ deep / superficial layers add 100 / 200.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -111,32 +112,65 @@ def region_label_names() -> Dict[int, str]:
 
 
 # -- remapping ----------------------------------------------------------------------------------
+MAX_LABEL_VALUE = 65535   # label maps are read as 8- or 16-bit unsigned integers
+
+
+def _reject_duplicates(pairs):
+    seen = {}
+    for key, val in pairs:
+        if key in seen:
+            raise LabelConventionError("The label value %r appears twice in the JSON label map." % key,
+                                       hint="Give each label value once.")
+        seen[key] = val
+    return seen
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.lower().endswith(".json") or os.sep in spec or "/" in spec
+
+
 def load_convention(spec: str) -> Dict[int, int]:
     """A convention name (dosma, nnunet, pymskt) or a JSON file.
 
     The JSON file maps source values to canonical tissue names or codes, e.g.
-    ``{"1": "femoral_cartilage", "5": "femur", "0": "background"}``.
+    ``{"1": "femoral_cartilage", "5": "femur", "0": "background"}``. Keys are integers 0..65535 given once;
+    values are tissue names, ``"background"``/``null``, or canonical codes 0..10 (not ``true``/``false``).
     """
     if spec in CONVENTIONS:
         return dict(CONVENTIONS[spec])
     path = Path(spec)
     if not path.is_file():
+        if _looks_like_path(spec):
+            raise LabelConventionError("The JSON label map file %s does not exist." % spec,
+                                       hint="Check the path given to --label-convention.")
         raise LabelConventionError("Unknown label convention %r." % spec,
                                    hint="Use dosma, pymskt, or a JSON file mapping label values to tissue names.")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicates,
+                         parse_constant=lambda c: c)
+    except LabelConventionError as exc:
+        raise LabelConventionError("%s: %s" % (path.name, exc.message), hint=exc.hint) from None
     except (OSError, ValueError) as exc:
-        raise LabelConventionError("The label map file %s is not valid JSON: %s." % (path.name, exc)) from exc
+        raise LabelConventionError("The label map file %s is not valid JSON: %s." % (path.name, exc),
+                                   hint="Write it as {\"value\": \"tissue\", ...}.") from exc
     if isinstance(raw, dict) and "labels" in raw and isinstance(raw["labels"], dict):
         raw = raw["labels"]
-    if not isinstance(raw, dict):
-        raise LabelConventionError("The label map file %s must hold a JSON object {value: tissue}." % path.name)
+    if not isinstance(raw, dict) or not raw:
+        raise LabelConventionError("The label map file %s must hold a non-empty JSON object {value: tissue}." % path.name)
+    names = "background, " + ", ".join(TISSUE_CODES)
     table: Dict[int, int] = {0: 0}
     for key, val in raw.items():
-        try:
-            src = int(key)
-        except ValueError:
-            raise LabelConventionError("Label value %r in %s is not an integer." % (key, path.name))
+        text = str(key).strip()
+        if not text.lstrip("+-").isdigit():
+            raise LabelConventionError("Label value %r in %s is not an integer." % (key, path.name),
+                                       hint="Keys are the label map's integer values 0..%d." % MAX_LABEL_VALUE)
+        src = int(text)
+        if not 0 <= src <= MAX_LABEL_VALUE:
+            raise LabelConventionError("Label value %s in %s is outside 0..%d." % (text[:20], path.name, MAX_LABEL_VALUE),
+                                       hint="Label maps hold non-negative integers of at most 16 bits.")
+        if isinstance(val, bool) or (val is not None and not isinstance(val, (int, str))):
+            raise LabelConventionError("The tissue of label %d in %s is %s, neither a tissue name nor a code."
+                                       % (src, path.name, json.dumps(val)[:40]), hint="Tissue names: " + names + ".")
         if isinstance(val, int):
             dst = val
         elif val in ("background", None):
@@ -144,10 +178,11 @@ def load_convention(spec: str) -> Dict[int, int]:
         elif val in TISSUE_CODES:
             dst = TISSUE_CODES[val]
         else:
-            raise LabelConventionError("Unknown tissue %r in %s." % (val, path.name),
-                                       hint="Tissue names: background, " + ", ".join(TISSUE_CODES) + ".")
+            raise LabelConventionError("Unknown tissue %r in %s." % (str(val)[:40], path.name),
+                                       hint="Tissue names: " + names + ".")
         if dst != 0 and dst not in TISSUES:
-            raise LabelConventionError("Canonical code %r in %s does not exist." % (dst, path.name))
+            raise LabelConventionError("Canonical code %r in %s does not exist." % (dst, path.name),
+                                       hint="Codes are 0..10 (%s), or use the names." % names)
         table[src] = dst
     return table
 
@@ -155,15 +190,40 @@ def load_convention(spec: str) -> Dict[int, int]:
 def remap(array: np.ndarray, table: Mapping[int, int], convention_name: str = "") -> np.ndarray:
     """Remap label values to canonical; values not in the convention are an error (never guessed)."""
     present = np.unique(array)
+    if present.size and (int(present.min()) < 0 or int(present.max()) > MAX_LABEL_VALUE):
+        raise LabelConventionError("The label map holds values outside 0..%d." % MAX_LABEL_VALUE,
+                                   hint="A label map holds small non-negative integers.")
     unknown = [int(v) for v in present if int(v) not in table]
     if unknown:
+        conv = convention_name or "chosen"
+        if len(unknown) > 12:   # an MRI given as a label map: say so, without listing every grey value
+            raise LabelConventionError(
+                "The label map holds %d distinct values (%d of them, e.g. %s ... %d, not defined by the %s "
+                "convention): this looks like an image, not a label map."
+                % (len(present), len(unknown), ", ".join(map(str, unknown[:5])), unknown[-1], conv),
+                hint="Pass the MRI with --image and its segmentation with --labels.")
         raise LabelConventionError(
-            "The label map holds value(s) %s that the %s convention does not define." % (unknown, convention_name or "chosen"),
+            "The label map holds value(s) %s that the %s convention does not define." % (unknown, conv),
             hint="Check --label-convention (dosma: 0-9, pymskt: 0-10) or supply a JSON map.")
-    lut = np.zeros(max(int(present.max()), max(table)) + 1, dtype=np.uint8)
+    lut = np.zeros(max(int(present.max()) if present.size else 0, max(table)) + 1, dtype=np.uint8)
     for src, dst in table.items():
         lut[src] = dst
     return lut[array]
+
+
+def orphan_cartilage_warnings(array: np.ndarray) -> List[str]:
+    """A cartilage whose bone is missing cannot be measured (thickness is cast from the bone surface):
+    one warning per such cartilage, so its region never vanishes from the results silently."""
+    present = set(int(v) for v in np.unique(array))
+    out: List[str] = []
+    for cart in CARTILAGES:
+        bones = sorted({r.bone for r in REGIONS if r.tissue == cart})
+        missing = [b for b in bones if b not in present]
+        if cart in present and missing:
+            regions = [r.name for r in REGIONS if r.tissue == cart]
+            out.append("The label map has %s but no %s, so %s cannot be measured (no thickness, no row)."
+                       % (TISSUES[cart], " or ".join(TISSUES[b] for b in missing), ", ".join(regions)))
+    return out
 
 
 def require(array: np.ndarray, needed: List[int], what: str = "the analysis") -> None:

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 from . import __version__
 from .errors import (CancelledError, KneePipelineError, OutputUnwritableError, PipelineTimeoutError,
                      classify)
+from .io.writers import RunFolderLock
 from .manifest import MANIFEST_NAME, Manifest, load_manifest, now_iso
 from .options import RunOptions
 from .progress import NullProgress, Progress
@@ -91,6 +92,10 @@ def _check_output_location(options: RunOptions, out_dir: Path) -> None:
         if p == out_dir or (p.is_dir() and (p in out_dir.parents)):
             raise OutputUnwritableError("The output folder %s is inside the input %s." % (out_dir, p),
                                         hint="Choose an output folder outside the input folder; inputs are never modified.")
+        if p.is_file() and p.parent == out_dir:
+            raise OutputUnwritableError("The output folder %s is the folder of the input %s." % (out_dir, p.name),
+                                        hint="Choose an output folder outside the input folder (e.g. a new sub-folder); "
+                                             "inputs are never modified.")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-", delete=True)
@@ -120,7 +125,48 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
     options.validate()
     out_dir = Path(options.out_dir).resolve()
     _check_output_location(options, out_dir)
+    lock = RunFolderLock(out_dir).acquire()   # one writer per run folder; a second run gets `busy`
+    try:
+        return _run_in_folder(options, progress, command, out_dir, lock)
+    finally:
+        lock.release()
 
+
+def _previous_manifest(out_dir: Path) -> Optional[Manifest]:
+    try:
+        return load_manifest(str(out_dir))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _remove_stale(out_dir: Path, previous: Optional[Manifest], current: Optional[Manifest]) -> None:
+    """Remove what an earlier run left that the current run did not write (again): its listed outputs,
+    results, bundle, and leftover temporary files; so old meshes or an old report never sit beside a
+    new manifest. Only files a manifest listed (or our own temporary names) are ever removed."""
+    keep = {o.path for o in current.outputs} if current is not None else set()
+    stale = {RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME} | ({o.path for o in previous.outputs} if previous else set())
+    for rel in sorted(stale - keep):
+        f = out_dir / rel
+        try:
+            if f.is_file() and out_dir in f.resolve().parents:
+                f.unlink()
+        except OSError:
+            pass
+    for sub in (out_dir, out_dir / "meshes", out_dir / "nsm", out_dir / "report"):
+        for tmp in (sub.glob(".tmp-*") if sub.is_dir() else ()):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        if sub != out_dir and sub.is_dir():
+            try:
+                sub.rmdir()   # only when empty
+            except OSError:
+                pass
+
+
+def _run_in_folder(options: RunOptions, progress: Progress, command: str, out_dir: Path,
+                   lock: RunFolderLock) -> Manifest:
     steps = [s for s in STEPS if s.enabled(options)]
     if options.resume and complete_and_matching(out_dir, options):
         progress.set_steps([("resume", 1)])
@@ -130,22 +176,26 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
         progress.result(out_dir=str(out_dir), manifest=str(out_dir / MANIFEST_NAME), resumed=True)
         return manifest
 
-    # A new run: previous results are removed first so no stale results.json can be mistaken for this run.
-    for stale in (RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME):
-        if (out_dir / stale).exists():
-            (out_dir / stale).unlink()
+    # A new run: what an earlier run left is removed first (with --resume, at the end: its segmentation may
+    # be reused), so no stale results.json, mesh or report can be mistaken for this run's.
+    previous = _previous_manifest(out_dir)
+    _remove_stale(out_dir, None if options.resume else previous, None)
     progress.set_steps([(s.name, s.weight) for s in steps])
     progress.hello(command, __version__)
     manifest = Manifest(library_version=__version__, command=command, created=now_iso(),
-                        options=options.to_dict(), environment=environment_info())
+                        options=options.to_dict(), environment=environment_info(), process=dict(lock.identity))
+    if previous is not None and previous.status == "running":   # we hold the lock: its writer is gone
+        proc = previous.process or {}
+        msg = ("The previous run in this folder (started %s%s) ended without finishing (killed or crashed); "
+               "its outputs were replaced." % (previous.created or "at an unknown time",
+                                              ", process %s on %s" % (proc.get("pid"), proc.get("host")) if proc else ""))
+        progress.warning(msg)
+        manifest.warnings.append(msg)
     work = out_dir / WORK_DIR
     work.mkdir(exist_ok=True)
     ctx = RunContext(options, out_dir, progress, manifest, work)
     if options.resume:
-        try:
-            ctx.previous = load_manifest(str(out_dir))
-        except (OSError, ValueError, TypeError):
-            ctx.previous = None
+        ctx.previous = previous
     manifest.write(str(out_dir))
     try:
         with _Deadline(options.timeout_s, options.step_timeouts_s) as deadline:
@@ -175,6 +225,8 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
                                               seconds=round(time.time() - t0, 3))
                 progress.step(s.name, 1.0, s.name + " done")
                 manifest.write(str(out_dir))
+        if options.resume:
+            _remove_stale(out_dir, previous, manifest)
         manifest.environment = environment_info(manifest.environment.get("device"))
         manifest.status = "complete"
         manifest.finished = now_iso()
@@ -195,10 +247,12 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
             if (out_dir / stale).exists():
                 (out_dir / stale).unlink()
         manifest.outputs = [o for o in manifest.outputs if o.path not in (RESULTS_JSON, RESULTS_CSV, BUNDLE_NAME)]
+        _remove_stale(out_dir, previous if options.resume else None, manifest)
         try:
             manifest.write(str(out_dir))
-        except OSError:
-            pass
+        except (OSError, KneePipelineError):
+            log_failure = "the failure manifest could not be written"
+            progress.warning(log_failure)
         if err is exc:
             raise
         raise err from exc

@@ -1,41 +1,285 @@
-"""Generators of the bad-input corpus: each returns (cli_args, expected_category)."""
+"""The corpus of hostile and odd inputs: each case builds its inputs in a temporary folder and says what the
+CLI must do with them (an error category, or success with correct numbers).
+
+Cases are grouped in classes (``Case.kind``) whose counts the README lists; :func:`corpus` returns them all.
+Inputs are small generated volumes, the real MESE DICOM series (``data["mese"]``) or a coarse copy of the
+real knee label map (``data["knee"]``, 128 x 128 x 80 voxels: analyzed in ~3 s).
+"""
 from __future__ import annotations
 
-import shutil
+import contextlib
+import gzip
+import json
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 
-def _img(shape=(8, 9, 10), value=None, spacing=(1.0, 1.0, 1.0), dtype=np.float32):
-    rng = np.random.default_rng(1)
-    arr = rng.normal(100, 10, shape).astype(dtype) if value is None else np.full(shape, value, dtype)
+@dataclass
+class Built:
+    argv: List[str]
+    category: Optional[str]                      # None: the input is odd but valid and must succeed
+    check: Optional[Callable[[Path, Dict[str, Any]], None]] = None   # (out_dir, results) for valid ones
+    context: Callable[[], Any] = contextlib.nullcontext               # e.g. a full disk during the run
+    says: Optional[str] = None                   # text the message must contain (e.g. the zip's name)
+    warns: Optional[str] = None                  # text a warning must contain (valid-but-odd)
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str
+    build: Callable[[Path, Dict[str, Path]], Built]
+    needs: tuple = field(default_factory=tuple)  # "mese", "knee"
+
+
+# -- small generated volumes ----------------------------------------------------------------------
+def img(shape=(12, 13, 14), spacing=(1.0, 1.0, 1.0), dtype=np.float32, seed=1) -> sitk.Image:
+    arr = np.random.default_rng(seed).normal(100, 10, shape).astype(dtype)
     im = sitk.GetImageFromArray(arr)
     im.SetSpacing(spacing)
     return im
 
 
-def _write(im, path):
-    sitk.WriteImage(im, str(path))
-    return path
-
-
-def _knee_labels(shape=(20, 24, 28), femur=True, cartilage=True, extra=None):
+def knee_array(shape=(20, 24, 28), femur=True, tibia=True, patella=True, cartilage=True) -> np.ndarray:
+    """A box 'knee' in DOSMA labels: enough structure for the input checks (not anatomy)."""
     a = np.zeros(shape, np.uint8)
     if femur:
         a[2:10, 4:20, 4:24] = 7
+    if tibia:
+        a[16:19, 4:20, 4:24] = 8
+    if patella:
+        a[2:6, 21:23, 8:14] = 9
     if cartilage:
         a[10:12, 6:18, 6:22] = 2
-        a[14:16, 4:10, 4:12] = 3  # medial tibial cartilage
+        a[14:16, 4:10, 4:12] = 3
         a[14:16, 14:20, 4:12] = 4
-    if extra is not None:
-        a[0, 0, 0] = extra
-    return sitk.GetImageFromArray(a)
+    return a
 
 
-def _mese_subset(src: Path, dest: Path, drop_slice=False, strip_pixels=False, two_series=False) -> Path:
+def labels_img(arr: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> sitk.Image:
+    im = sitk.GetImageFromArray(arr)
+    im.SetSpacing(spacing)
+    return im
+
+
+def write(im: sitk.Image, path: Path, compress: bool = False) -> Path:
+    sitk.WriteImage(im, str(path), compress)
+    return path
+
+
+def nrrd_by_hand(path: Path, arr: np.ndarray, directions: str, extra: str = "") -> Path:
+    """A raw NRRD whose geometry lines we write ourselves (SimpleITK refuses to write degenerate ones)."""
+    types = {np.dtype(np.uint8): "uint8", np.dtype(np.float32): "float"}
+    k, j, i = arr.shape
+    head = ("NRRD0004\ntype: %s\ndimension: 3\nspace: left-posterior-superior\nsizes: %d %d %d\n"
+            "space directions: %s\nkinds: domain domain domain\nendian: little\nencoding: raw\n"
+            "space origin: (0,0,0)\n%s\n" % (types[arr.dtype], i, j, k, directions, extra))
+    path.write_bytes(head.encode() + np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+def cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    out = path.with_name("cut%d-%s" % (int(fraction * 100), path.name))
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+def zip_of(path: Path, members: Dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+# -- argv helpers --------------------------------------------------------------------------------
+def run_image(p: Path, *extra: str) -> List[str]:
+    return ["run", "--image", str(p), "--no-report", *extra]
+
+
+def analyze(p: Path, conv: str = "dosma", *extra: str) -> List[str]:
+    return ["analyze", "--labels", str(p), "--label-convention", conv, "--no-report", *extra]
+
+
+FORMATS = {  # name: (extension, compress)
+    "nii_gz": (".nii.gz", True), "nii": (".nii", False), "nrrd": (".nrrd", False),
+    "nrrd_gz": (".nrrd", True), "mha": (".mha", False), "mha_z": (".mha", True),
+}
+
+
+def broken_file_cases() -> List[Case]:
+    out: List[Case] = []
+    for fmt, (ext, comp) in FORMATS.items():
+        for role in ("image", "labels"):
+            def source(t: Path, fmt=fmt, ext=ext, comp=comp, role=role) -> Path:
+                im = img((20, 20, 20)) if role == "image" else labels_img(knee_array())
+                return write(im, t / ("src-%s%s" % (fmt, ext)), comp)
+
+            def argv(p: Path, role=role) -> List[str]:
+                return run_image(p) if role == "image" else analyze(p)
+
+            faults = {
+                "truncated_90pct": (lambda t, s=source: cut(s(t), 0.9), "input_unreadable"),
+                "truncated_50pct": (lambda t, s=source: cut(s(t), 0.5), "input_unreadable"),
+                "cut_in_header": (lambda t, s=source: cut(s(t), 0.02), "input_unreadable"),
+                "empty": (lambda t, ext=ext: (t / ("empty" + ext)).write_bytes(b"") or t / ("empty" + ext),
+                          "input_unreadable"),
+                "garbage": (lambda t, ext=ext: (t / ("junk" + ext)).write_bytes(
+                    np.random.default_rng(0).bytes(4096)) or t / ("junk" + ext), "input_unreadable"),
+            }
+            for fault, (make, cat) in faults.items():
+                out.append(Case("%s_%s_%s" % (role, fmt, fault), "broken file (every format: truncated, cut in "
+                                "the header, empty, garbage)",
+                                lambda t, d, make=make, cat=cat, argv=argv: Built(argv(make(t)), cat)))
+    return out
+
+
+def nonfinite_cases() -> List[Case]:
+    out: List[Case] = []
+    for fmt, (ext, comp) in FORMATS.items():
+        for bad in ("nan", "inf", "-inf"):
+            for role in ("image", "labels"):
+                def build(t, d, ext=ext, comp=comp, bad=bad, role=role, fmt=fmt):
+                    a = (np.random.default_rng(2).normal(100, 10, (12, 13, 14)) if role == "image"
+                         else knee_array()).astype(np.float32)
+                    a[3, 4, 5] = float(bad)
+                    p = write(sitk.GetImageFromArray(a), t / ("%s-%s%s" % (bad, fmt, ext)), comp)
+                    return Built(run_image(p) if role == "image" else analyze(p), "invalid_input")
+                out.append(Case("%s_%s_%s" % (role, fmt, bad.replace("-", "minus_")),
+                                "NaN / infinite voxel values", build))
+    return out
+
+
+def geometry_cases() -> List[Case]:
+    out: List[Case] = []
+    for sp in [(0.01, 1, 1), (1, 1, 0.02), (10, 10, 10), (1, 1, 9), (1, 1, 250), (20, 20, 20)]:
+        for role in ("image", "labels"):
+            def build(t, d, sp=sp, role=role):
+                im = img(spacing=sp) if role == "image" else labels_img(knee_array(), sp)
+                p = write(im, t / ("sp-%s.nii.gz" % "x".join(map(str, sp))), True)
+                return Built(run_image(p) if role == "image" else analyze(p), "invalid_input", says="spacing")
+            out.append(Case("%s_spacing_%s" % (role, "x".join(str(s).replace(".", "p") for s in sp)),
+                            "implausible geometry (spacing, extent, direction)", build))
+
+    def extent(t, d):
+        return Built(run_image(write(img((3, 3, 1200)), t / "long.nrrd")), "invalid_input", says="far more than a knee")
+    out.append(Case("image_extent_1200mm", "implausible geometry (spacing, extent, direction)", extent))
+    hand = {
+        "zero_spacing": "(0,0,0) (0,1,0) (0,0,1)",
+        "singular_direction": "(1,0,0) (1,0,0) (0,0,1)",
+        "nan_direction": "(nan,0,0) (0,1,0) (0,0,1)",
+        "negative_spacing_axis_ok": None,
+    }
+    for name, dirs in hand.items():   # the NRRD reader itself refuses these: unreadable, with its reason
+        if dirs is None:
+            continue
+        out.append(Case("labels_" + name, "implausible geometry (spacing, extent, direction)",
+                        lambda t, d, dirs=dirs, name=name: Built(
+                            analyze(nrrd_by_hand(t / (name + ".nrrd"), knee_array(), dirs)), "input_unreadable")))
+    out.append(Case("labels_hand_nrrd_ok_but_10mm", "implausible geometry (spacing, extent, direction)",
+                    lambda t, d: Built(analyze(nrrd_by_hand(t / "ten.nrrd", knee_array(), "(10,0,0) (0,10,0) (0,0,10)")),
+                                       "invalid_input", says="spacing")))
+    shape_cases = {
+        "image_2d": (lambda t: write(sitk.Image(16, 16, sitk.sitkFloat32) + 3, t / "2d.nrrd"), "image"),
+        "image_4d": (lambda t: write(sitk.GetImageFromArray(np.random.rand(2, 4, 5, 6).astype(np.float32),
+                                                             isVector=False), t / "4d.nii.gz"), "image"),
+        "image_one_voxel": (lambda t: write(img((1, 1, 1)), t / "1.nii.gz"), "image"),
+        "image_one_slice": (lambda t: write(img((1, 20, 20)), t / "slice.nii.gz"), "image"),
+        "image_rgb": (lambda t: write(sitk.Compose([img()] * 3), t / "rgb.nrrd"), "image"),
+        "labels_2d": (lambda t: write(sitk.Image(16, 16, sitk.sitkUInt8), t / "l2d.nrrd"), "labels"),
+        "labels_4d": (lambda t: write(sitk.GetImageFromArray(np.zeros((2, 4, 5, 6), np.uint8), isVector=False),
+                                      t / "l4d.nii.gz"), "labels"),
+    }
+    for name, (make, role) in shape_cases.items():
+        out.append(Case(name, "not a 3D scalar volume", lambda t, d, make=make, role=role: Built(
+            run_image(make(t)) if role == "image" else analyze(make(t)), "invalid_input")))
+    return out
+
+
+def label_value_cases() -> List[Case]:
+    K = "label values (fractional, negative, too large, outside the convention, an MRI, missing structures)"
+    def lab(name, make, cat, conv="dosma", says=None):
+        return Case(name, K, lambda t, d: Built(analyze(write(make(), t / (name + ".nrrd")), conv), cat, says=says))
+
+    def with_value(v, dtype=np.int32):
+        a = knee_array().astype(dtype)
+        a[0, 0, 0] = v
+        return labels_img(a)
+    mri_int = lambda: labels_img(np.random.default_rng(3).integers(0, 3000, (20, 24, 28)).astype(np.int16))
+    return [
+        lab("labels_fractional", lambda: img(), "invalid_input"),
+        lab("labels_negative", lambda: with_value(-1, np.int16), "invalid_input"),
+        lab("labels_all_negative", lambda: labels_img(-np.ones((4, 5, 6), np.int16)), "invalid_input"),
+        lab("labels_over_16_bits", lambda: with_value(70000), "invalid_input"),
+        lab("labels_value_42", lambda: with_value(42, np.uint8), "label_convention", says="42"),
+        lab("labels_value_10_in_dosma", lambda: with_value(10, np.uint8), "label_convention"),
+        lab("labels_value_11_in_pymskt", lambda: with_value(11, np.uint8), "label_convention", conv="pymskt"),
+        lab("labels_value_300_uint16", lambda: with_value(300, np.uint16), "label_convention"),
+        lab("labels_mri_as_labels", mri_int, "label_convention", says="looks like an image"),
+        lab("labels_mri_float_as_labels", lambda: img((20, 24, 28)), "invalid_input"),
+        lab("labels_all_background", lambda: labels_img(np.zeros((10, 10, 10), np.uint8)), "missing_structures"),
+        lab("labels_no_femur", lambda: labels_img(knee_array(femur=False)), "missing_structures"),
+        lab("labels_no_cartilage", lambda: labels_img(knee_array(cartilage=False)), "missing_structures"),
+        lab("labels_only_tibia", lambda: labels_img(knee_array(femur=False, patella=False, cartilage=False)),
+            "missing_structures"),
+        lab("labels_unknown_convention_name", lambda: labels_img(knee_array()), "label_convention", conv="dosmaa",
+            says="Unknown label convention"),
+        lab("labels_no_tibial_cartilage_for_laterality",
+            lambda: labels_img(np.where(np.isin(knee_array(), (3, 4)), 0, knee_array()).astype(np.uint8)),
+            "missing_structures"),
+    ]
+
+
+def json_map_cases() -> List[Case]:
+    K = "JSON label maps (negative, duplicate, huge or non-integer keys, true/float codes, bad files)"
+    docs = {
+        "negative_key": '{"-1": "femur", "7": "femur", "2": "femoral_cartilage"}',
+        "duplicate_key": '{"7": "femur", "7": "tibia", "2": "femoral_cartilage"}',
+        "true_as_code": '{"7": true, "2": "femoral_cartilage"}',
+        "false_as_code": '{"7": false, "2": "femoral_cartilage"}',
+        "float_code": '{"7": 7.0, "2": "femoral_cartilage"}',
+        "huge_key_digits": '{"100000000000000": "femur", "7": "femur"}',
+        "huge_key_exponent": '{"1e14": "femur", "7": "femur"}',
+        "key_65536": '{"65536": "femur", "7": "femur"}',
+        "word_key": '{"femur": 7}',
+        "unknown_tissue": '{"7": "thigh_bone"}',
+        "code_11": '{"7": 11}',
+        "code_minus_1": '{"7": -1}',
+        "nan_value": '{"7": NaN}',
+        "list_value": '{"7": ["femur"]}',
+        "not_json": '{"7": "femur",',
+        "json_list": '["femur", "tibia"]',
+        "empty_object": '{}',
+        "labels_not_object": '{"labels": 7}',
+        "utf16_bom": None,
+    }
+    out: List[Case] = []
+    for name, text in docs.items():
+        def build(t, d, name=name, text=text):
+            f = t / (name + ".json")
+            if text is None:
+                f.write_bytes('{"7": "femur"}'.encode("utf-16"))
+            else:
+                f.write_text(text)
+            lab = write(labels_img(knee_array()), t / "knee.nrrd")
+            return Built(analyze(lab, str(f)), "label_convention")
+        out.append(Case("json_" + name, K, build))
+    out.append(Case("json_file_missing", K, lambda t, d: Built(
+        analyze(write(labels_img(knee_array()), t / "k.nrrd"), str(t / "nope.json")), "label_convention",
+        says="does not exist")))
+    out.append(Case("json_folder_given", K, lambda t, d: Built(
+        analyze(write(labels_img(knee_array()), t / "k.nrrd"), str(_folder(t / "maps", {}))), "label_convention")))
+    return out
+
+
+def _mese_echo(src: Path, dest: Path, edit: Optional[Callable[[Any, int], None]] = None, drop: Optional[int] = None,
+               all_echoes: bool = False, truncate: Optional[int] = None) -> Path:
+    """A copy of (one echo of) the real MESE series, optionally edited file by file."""
     import pydicom
 
     from KneePipelineLib.io import dicom
@@ -43,138 +287,149 @@ def _mese_subset(src: Path, dest: Path, drop_slice=False, strip_pixels=False, tw
     dest.mkdir()
     files = sorted(str(f) for f in src.iterdir())
     groups = dicom.group_by_echo(files)
-    echo = groups[sorted(groups)[0]]
-    echo = sorted(echo, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[0]))
-    if drop_slice:
-        echo = echo[:8] + echo[9:]
-    for n, f in enumerate(echo):
+    chosen = files if all_echoes else groups[sorted(groups)[0]]
+    chosen = sorted(chosen, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[0]))
+    for n, f in enumerate(chosen):
+        if drop is not None and n == drop:
+            continue
         ds = pydicom.dcmread(f)
-        if strip_pixels:
-            del ds.PixelData
-        if two_series and n % 2:
-            ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".2"
-        ds.save_as(str(dest / ("IM%03d" % n)))
+        if edit is not None:
+            edit(ds, n)
+        target = dest / ("IM%04d" % n)
+        ds.save_as(str(target))
+        if truncate is not None and n == truncate % len(chosen):
+            target.write_bytes(target.read_bytes()[:-2000])
     return dest
 
 
-def cases(tmp: Path, sample_labels: Path | None, mese: Path | None):
-    """Yield (name, build) where build() -> (argv_without_out, expected_category)."""
-    def image_case(name, make, cat):
-        def build():
-            p = make()
-            return ["run", "--image", str(p)], cat
-        return name, build
+def dicom_cases() -> List[Case]:
+    K = "DICOM series (missing, duplicate or truncated slices, no pixels, mixed series, echo times)"
+    Z = "zip archives (path escapes, links, corrupt, empty, no DICOM)"
+    out: List[Case] = []
 
-    def labels_case(name, make, cat, conv="dosma"):
-        def build():
-            p = make()
-            return ["analyze", "--labels", str(p), "--label-convention", conv], cat
-        return name, build
+    def strip(ds, n):
+        del ds.PixelData
 
-    t = tmp
-    def trunc(ext):
-        def make():
-            p = _write(_img((20, 20, 20)), t / ("full" + ext))
-            data = p.read_bytes()
-            q = t / ("trunc" + ext)
-            q.write_bytes(data[: len(data) // 2])
-            return q
-        return make
+    def two_series(ds, n):
+        if n % 2:
+            ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".2"
 
-    def empty(ext):
-        def make():
-            q = t / ("empty" + ext)
-            q.write_bytes(b"")
-            return q
-        return make
+    def dup_position(ds, n):
+        if n == 5:
+            ds.ImagePositionPatient = list(ds.ImagePositionPatient)
+            ds.ImagePositionPatient[0] = ds.ImagePositionPatient[0] + 0.0
 
-    def garbage(ext):
-        def make():
-            q = t / ("garbage" + ext)
-            q.write_bytes(np.random.default_rng(0).bytes(4096))
-            return q
-        return make
+    def mese(name, kwargs, cat, argv=run_image, says=None, kind=K):
+        out.append(Case(name, kind, lambda t, d: Built(argv(_mese_echo(d["mese"], t / name, **kwargs)), cat,
+                                                        says=says), needs=("mese",)))
+    mese("dicom_missing_slice", {"drop": 8}, "dicom_problem")
+    mese("dicom_no_pixel_data", {"edit": strip}, "dicom_problem")
+    mese("dicom_mixed_series", {"edit": two_series}, "dicom_problem", says="2 DICOM series")
+    mese("dicom_truncated_slice", {"truncate": 4}, "input_unreadable", says="truncated")
+    mese("dicom_truncated_last_slice", {"truncate": -1}, "input_unreadable", says="truncated")
 
-    yield image_case("empty_nifti", empty(".nii.gz"), "input_unreadable")
-    yield image_case("empty_nrrd", empty(".nrrd"), "input_unreadable")
-    yield image_case("empty_dcm", empty(".dcm"), "input_unreadable")
-    yield image_case("truncated_nifti", trunc(".nii"), "input_unreadable")
-    yield image_case("truncated_nrrd", trunc(".nrrd"), "input_unreadable")
-    yield image_case("corrupt_nifti", garbage(".nii.gz"), "input_unreadable")
-    yield image_case("corrupt_nrrd", garbage(".nrrd"), "input_unreadable")
-    yield image_case("corrupt_mha", garbage(".mha"), "input_unreadable")
-    yield image_case("image_2d", lambda: _write(sitk.Image(16, 16, sitk.sitkFloat32) + 3, t / "2d.nrrd"), "invalid_input")
-    yield image_case("image_4d", lambda: _write(sitk.GetImageFromArray(np.random.rand(2, 4, 5, 6).astype(np.float32), isVector=False), t / "4d.nii.gz"), "invalid_input")
-    yield image_case("one_voxel", lambda: _write(_img((1, 1, 1)), t / "1.nii.gz"), "invalid_input")
-    def nan_img():
-        a = np.random.rand(6, 7, 8).astype(np.float32); a[2, 2, 2] = np.nan
-        return _write(sitk.GetImageFromArray(a), t / "nan.nrrd")
-    def inf_img():
-        a = np.random.rand(6, 7, 8).astype(np.float32); a[2, 2, 2] = np.inf
-        return _write(sitk.GetImageFromArray(a), t / "inf.nrrd")
-    yield image_case("nan_intensities", nan_img, "invalid_input")
-    yield image_case("inf_intensities", inf_img, "invalid_input")
-    yield image_case("huge_spacing", lambda: _write(_img(spacing=(1.0, 1.0, 250.0)), t / "huge.nii.gz"), "invalid_input")
-    yield image_case("blank_image", lambda: _write(_img(value=0), t / "blank.nii.gz"), "invalid_input")
-    yield image_case("rgb_image", lambda: _write(sitk.Compose([_img()] * 3), t / "rgb.nrrd"), "invalid_input")
-    def unsupported():
-        q = t / "knee.jpg"; q.write_bytes(b"\xff\xd8\xff" + b"0" * 100); return q
-    yield image_case("unsupported_format", unsupported, "unsupported_format")
-    yield image_case("missing_file", lambda: t / "does_not_exist.nii.gz", "input_unreadable")
-    def no_dicom():
-        d = t / "nodicom"; d.mkdir(); (d / "readme.txt").write_text("x"); return d
-    yield image_case("folder_without_dicom", no_dicom, "dicom_problem")
-    def zipslip():
-        z = t / "slip.zip"
+    def bad_te(ds, n):
+        if n == 3:   # a text value where a number must be (pydicom refuses to write it as DS)
+            ds.add_new(0x00180081, "LO", "abc")
+
+    def no_te(ds, n):
+        if n == 3:
+            del ds.EchoTime
+    echoes = lambda p: ["analyze", "--labels", "{knee}", "--label-convention", "canonical", "--echoes", str(p),
+                        "--no-report"]
+    mese("dicom_malformed_echo_time_run", {"edit": bad_te}, "dicom_problem", says="malformed echo time")
+    for name, edit, cat, says in [("t2_malformed_echo_time", bad_te, "dicom_problem", "malformed echo time"),
+                                  ("t2_missing_echo_time", no_te, "t2_failed", "no echo time"),
+                                  ("t2_two_series", two_series, "dicom_problem", "series")]:
+        out.append(Case(name, K, lambda t, d, name=name, edit=edit, cat=cat, says=says: Built(
+            [a.replace("{knee}", str(d["knee"])) for a in echoes(_mese_echo(d["mese"], t / name, edit=edit,
+                                                                             all_echoes=True))], cat, says=says),
+            needs=("mese", "knee")))
+    out.append(Case("t2_single_echo", K, lambda t, d: Built(
+        [a.replace("{knee}", str(d["knee"])) for a in echoes(_mese_echo(d["mese"], t / "one"))], "t2_failed"),
+        needs=("mese", "knee")))
+    out.append(Case("dicom_empty_file", K, lambda t, d: Built(run_image(_bytes(t / "e.dcm", b"")), "input_unreadable")))
+    out.append(Case("dicom_garbage_file", K, lambda t, d: Built(
+        run_image(_bytes(t / "g.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 300)), "dicom_problem")))
+    out.append(Case("dicom_folder_without_dicom", K, lambda t, d: Built(
+        run_image(_folder(t / "nodicom", {"readme.txt": b"x"})), "dicom_problem")))
+    out.append(Case("dicom_empty_folder", K, lambda t, d: Built(run_image(_folder(t / "void", {})), "dicom_problem")))
+    # zips
+    zips = {
+        "zip_slip_dotdot": ({"../../escape.dcm": b"x"}, "invalid_input"),
+        "zip_slip_absolute": ({"/etc/escape.dcm": b"x"}, "invalid_input"),
+        "zip_slip_windows_drive": ({"C:/escape.dcm": b"x"}, "invalid_input"),
+        "zip_empty": ({}, "dicom_problem"),
+        "zip_text_only": ({"notes.txt": b"hello"}, "dicom_problem"),
+    }
+    for name, (members, cat) in zips.items():
+        out.append(Case(name, Z, lambda t, d, name=name, members=members, cat=cat: Built(
+            run_image(zip_of(t / (name + ".zip"), members)), cat, says=name + ".zip")))
+    out.append(Case("zip_corrupt", Z, lambda t, d: Built(
+        run_image(_bytes(t / "bad.zip", b"PK\x03\x04" + b"\0" * 50)), "input_unreadable", says="bad.zip")))
+    out.append(Case("zip_truncated", Z, lambda t, d: Built(
+        run_image(cut(zip_of(t / "full.zip", {"a.dcm": np.random.default_rng(1).bytes(20000)}), 0.5)),
+        "input_unreadable")))
+
+    def symlink_zip(t, d):
+        z = t / "link.zip"
         with zipfile.ZipFile(z, "w") as zf:
-            zf.writestr("../../escape.dcm", b"x")
-        return z
-    def zipabs():
-        z = t / "abs.zip"
+            info = zipfile.ZipInfo("link.dcm")
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+        return Built(run_image(z), "invalid_input")
+    out.append(Case("zip_symlink", Z, symlink_zip))
+
+    def zip_series(t, d, **kw):
+        folder = _mese_echo(d["mese"], t / "series", **kw)
+        z = t / "series.zip"
         with zipfile.ZipFile(z, "w") as zf:
-            zf.writestr("/etc/escape.dcm", b"x")
+            for f in sorted(folder.iterdir()):
+                zf.write(f, "series/" + f.name)
         return z
-    def zipcorrupt():
-        z = t / "bad.zip"; z.write_bytes(b"PK\x03\x04" + b"\x00" * 50); return z
-    def zipempty():
-        z = t / "empty.zip"
-        with zipfile.ZipFile(z, "w"):
-            pass
-        return z
-    yield image_case("zip_slip_dotdot", zipslip, "invalid_input")
-    yield image_case("zip_slip_absolute", zipabs, "invalid_input")
-    yield image_case("zip_corrupt", zipcorrupt, "input_unreadable")
-    yield image_case("zip_without_dicom", zipempty, "dicom_problem")
-    if mese is not None:
-        yield image_case("dicom_missing_slice", lambda: _mese_subset(mese, t / "missing_slice", drop_slice=True), "dicom_problem")
-        yield image_case("dicom_no_pixel_data", lambda: _mese_subset(mese, t / "nopix", strip_pixels=True), "dicom_problem")
-        yield image_case("dicom_mixed_series", lambda: _mese_subset(mese, t / "mixed", two_series=True), "dicom_problem")
-    # label maps
-    yield labels_case("labels_empty_file", empty(".nrrd"), "input_unreadable")
-    yield labels_case("labels_truncated", trunc(".nrrd"), "input_unreadable")
-    yield labels_case("labels_fractional", lambda: _write(_img(), t / "frac.nii.gz"), "invalid_input")
-    yield labels_case("labels_2d", lambda: _write(sitk.Image(16, 16, sitk.sitkUInt8), t / "l2d.nrrd"), "invalid_input")
-    yield labels_case("labels_no_femur", lambda: _write(_knee_labels(femur=False), t / "nofemur.nrrd"), "missing_structures")
-    yield labels_case("labels_no_cartilage", lambda: _write(_knee_labels(cartilage=False), t / "nocart.nrrd"), "missing_structures")
-    yield labels_case("labels_all_background", lambda: _write(sitk.Image(10, 10, 10, sitk.sitkUInt8), t / "bg.nrrd"), "missing_structures")
-    yield labels_case("labels_value_outside_convention", lambda: _write(_knee_labels(extra=42), t / "v42.nrrd"), "label_convention")
-    yield labels_case("labels_negative", lambda: _write(sitk.GetImageFromArray(-np.ones((4, 5, 6), np.int16)), t / "neg.nrrd"), "invalid_input")
-    def bad_conv():
-        return ["analyze", "--labels", str(_write(_knee_labels(), t / "ok.nrrd")), "--label-convention",
-                str(t / "nope.json")], "label_convention"
-    yield "labels_convention_file_missing", bad_conv
-    def mismatch():
-        lab = _write(_knee_labels(), t / "lab.nrrd")
-        img = _write(_img((20, 24, 29)), t / "img.nrrd")
-        return ["analyze", "--labels", str(lab), "--image", str(img)], "invalid_input"
-    yield "image_label_grid_mismatch", mismatch
-    def unwritable_out():
-        f = t / "a_file"; f.write_text("x")
-        return ["analyze", "--labels", str(_write(_knee_labels(), t / "ok2.nrrd")), "--out", str(f / "sub")], "output_unwritable"
-    yield "output_unwritable", unwritable_out
-    if mese is not None:
-        def out_in_input():
-            d = shutil.copytree(mese, t / "mese_copy")
-            return ["run", "--image", str(d), "--out", str(d / "results")], "output_unwritable"
-        yield "output_inside_input_folder", out_in_input
-    yield "unknown_model", lambda: (["run", "--image", str(_write(_img((20, 20, 20)), t / "okimg.nii.gz")), "--model", "no_such_model"], "configuration")
+    out.append(Case("zip_two_series", Z, lambda t, d: Built(run_image(zip_series(t, d, edit=two_series)),
+                                                            "dicom_problem", says="series.zip"), needs=("mese",)))
+    out.append(Case("zip_missing_slice", Z, lambda t, d: Built(run_image(zip_series(t, d, drop=6)),
+                                                               "dicom_problem"), needs=("mese",)))
+    return out
+
+
+def _bytes(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
+
+
+def _folder(p: Path, files: Dict[str, bytes]) -> Path:
+    p.mkdir()
+    for n, data in files.items():
+        (p / n).write_bytes(data)
+    return p
+
+
+def corpus(reference_means=None) -> List[Case]:
+    """Every case; the valid-but-odd ones compare with ``reference_means`` (the coarse knee's regional means)
+    and are left out when it is None (listing names only)."""
+    from odd_inputs import mismatch_and_misc_cases, odd_valid_cases, output_and_machine_cases
+
+    cases = (broken_file_cases() + nonfinite_cases() + geometry_cases() + label_value_cases() + json_map_cases()
+             + dicom_cases() + output_and_machine_cases() + mismatch_and_misc_cases()
+             + odd_valid_cases(reference_means or {}))
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names)), "duplicate case names"
+    return cases
+
+
+def counts_by_kind(cases: List[Case]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for c in cases:
+        out[c.kind] = out.get(c.kind, 0) + 1
+    return out
+
+
+def coarse_knee(sample_labels: Path, dest: Path) -> Path:
+    """The real sample knee on a 3 x 3 x 2 coarser grid (128 x 128 x 80), canonical labels, as NRRD."""
+    from synthetic_mri import coarse_grid, load_sample_labels, variant_labels
+
+    src = load_sample_labels(sample_labels)
+    vol = variant_labels(src, coarse_grid(src, (3, 3, 2)))
+    return write(vol.to_sitk(), dest, True)

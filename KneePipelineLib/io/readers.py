@@ -12,13 +12,13 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..errors import (DicomError, InputUnreadableError, InvalidInputError, UnsupportedFormatError)
+from ..errors import InputUnreadableError, InvalidInputError, UnsupportedFormatError
 from . import dicom
 from .safezip import safe_extract
+from .validate import check_file_complete, check_geometry
 from .volume import Volume
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-MAX_SPACING_MM = 20.0
 
 
 def _suffix(path: Path) -> str:
@@ -29,43 +29,10 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _check_uncompressed_nifti_size(path: Path) -> None:
-    """SimpleITK zero-fills a truncated uncompressed NIfTI silently; compare the size with the header."""
-    import struct
-
-    with open(path, "rb") as fh:
-        head = fh.read(540)
-    if len(head) < 348:
-        raise InputUnreadableError("%s is truncated (only %d bytes)." % (path.name, len(head)))
-    for endian in ("<", ">"):
-        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
-        if sizeof_hdr == 348:
-            dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            offset = struct.unpack(endian + "f", head[108:112])[0]
-            break
-        if sizeof_hdr == 540 and len(head) >= 540:
-            dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            offset = struct.unpack(endian + "q", head[168:176])[0]
-            break
-    else:
-        return
-    n = 1
-    for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
-        n *= max(int(d), 1)
-    expected = int(offset) + n * max(int(bitpix), 8) // 8
-    actual = path.stat().st_size
-    if actual < expected:
-        raise InputUnreadableError("%s is truncated: %d bytes, the header needs %d." % (path.name, actual, expected),
-                                   hint="Copy or export the file again; the end of the file is missing.")
-
-
 def _read_file_sitk(path: Path):
     import SimpleITK as sitk
 
-    if path.name.lower().endswith(".nii"):
-        _check_uncompressed_nifti_size(path)
+    check_file_complete(path)   # short data / NaN that SimpleITK would turn into zeros
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -73,19 +40,12 @@ def _read_file_sitk(path: Path):
         raise InputUnreadableError("Cannot read %s: the file is corrupt or truncated (%s)." % (path.name, last)) from exc
 
 
-def _read_dicom_folder(folder: Path, echo_policy: str = "rss"):
-    """Read the largest DICOM series under ``folder``; two echoes are combined per ``echo_policy``."""
+def _read_dicom_folder(folder: Path, echo_policy: str = "rss", shown_as: Optional[str] = None):
+    """Read the one DICOM series under ``folder``; two echoes are combined per ``echo_policy``.
+    ``shown_as`` names the input in messages (the zip, not the folder it was unpacked into)."""
     import SimpleITK as sitk
 
-    series = dicom.find_series(folder)
-    if not series:
-        raise DicomError("No DICOM files were found in %s." % folder.name,
-                         hint="Point the pipeline at a folder holding one DICOM series (files may lack .dcm).")
-    if len(series) > 1:
-        raise DicomError("%s holds %d DICOM series (%s); which one to analyse is ambiguous."
-                         % (folder.name, len(series), ", ".join("%d files" % len(s.files) for s in series)),
-                         hint="Give the folder (or one file) of a single series.")
-    chosen = series[0]
+    chosen = dicom.single_series(folder, shown_as or folder.name)
     notes = {}
     groups = dicom.group_by_echo(chosen.files)
     if len(groups) > 1:
@@ -113,7 +73,7 @@ def _read_any(path: Path, workdir: Optional[Path]):
     if zipfile.is_zipfile(path) or _suffix(path) == ".zip":
         tmp = Path(tempfile.mkdtemp(prefix="kneepipeline-zip-", dir=str(workdir) if workdir else None))
         safe_extract(path, tmp)
-        return _read_dicom_folder(tmp)
+        return _read_dicom_folder(tmp, shown_as="the zip archive " + path.name)
     if dicom.is_dicom_file(path) or _suffix(path) == ".dcm":
         import SimpleITK as sitk
 
@@ -132,7 +92,8 @@ def _read_any(path: Path, workdir: Optional[Path]):
     return _read_file_sitk(path), {}
 
 
-def _check_geometry(image, path: Path, allow_4d: bool) -> None:
+def _check_geometry(image, path: Path, allow_4d: bool) -> List[str]:
+    """Raise for a shape or geometry the pipeline cannot use; return warnings for odd but usable ones."""
     dim = image.GetDimension()
     if dim == 2:
         raise InvalidInputError("%s is a 2D image; the pipeline needs a 3D volume." % path.name,
@@ -146,13 +107,12 @@ def _check_geometry(image, path: Path, allow_4d: bool) -> None:
     if min(size) < 2:
         raise InvalidInputError("%s is only %s voxels: not a 3D volume." % (path.name, "x".join(map(str, size))),
                                 hint="Give the whole 3D series.")
-    spacing = image.GetSpacing()[:3]
-    if max(spacing) > MAX_SPACING_MM or min(spacing) <= 0:
-        raise InvalidInputError("%s has an implausible voxel spacing %s mm." % (path.name, tuple(round(s, 3) for s in spacing)),
-                                hint="Check the file's header (spacing must be in mm, 0 < spacing <= 20).")
+    dim3 = np.array(image.GetDirection()).reshape(dim, dim)[:3, :3]
+    warnings = check_geometry(image.GetSpacing()[:3], size, dim3, path.name)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidInputError("%s has %d components per voxel; a scalar volume was expected."
                                 % (path.name, image.GetNumberOfComponentsPerPixel()))
+    return warnings
 
 
 def read_volume(path: str | os.PathLike, role: str = "image", workdir: Optional[str | os.PathLike] = None,
@@ -160,7 +120,7 @@ def read_volume(path: str | os.PathLike, role: str = "image", workdir: Optional[
     """Read an MRI (``role='image'``) or a label map (``role='labels'``) into LPS-mm geometry."""
     path = Path(path)
     image, notes = _read_any(path, Path(workdir) if workdir else None)
-    _check_geometry(image, path, allow_4d)
+    geometry_warnings = _check_geometry(image, path, allow_4d)
     if image.GetDimension() == 4:
         import SimpleITK as sitk
 
@@ -172,6 +132,8 @@ def read_volume(path: str | os.PathLike, role: str = "image", workdir: Optional[
         vol = Volume.from_sitk(image)
     vol.metadata.update(notes)
     vol.metadata["source"] = path.name
+    if geometry_warnings:
+        vol.metadata["warnings"] = list(geometry_warnings)
     arr = vol.array
     if role == "labels":
         if not np.issubdtype(arr.dtype, np.integer):
@@ -201,14 +163,7 @@ def read_labels(path, workdir=None) -> Volume:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write atomically (temporary name in the same folder, then rename)."""
-    import SimpleITK as sitk
+    """Write atomically through the one writer layer (free-space check, temp name, rename)."""
+    from .writers import write_volume as _write
 
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    try:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _write(volume, path, compress)

@@ -9,14 +9,12 @@ the result: the same mask gives the same mesh, bit for bit.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import InvalidInputError, OutputUnwritableError
+from ..errors import InvalidInputError
 
 
 # -- numpy <-> vtk ------------------------------------------------------------------------------
@@ -279,39 +277,11 @@ def mesh_from_mask(mask: np.ndarray, volume_geometry, smooth_var_mm2: float):
 
 # -- writing ------------------------------------------------------------------------------------
 def write_mesh(poly, path, fmt: str = "vtp") -> Path:
-    """Write binary VTP (default) or legacy binary VTK, atomically (temp file in the folder, then rename)."""
-    import vtk
+    """Write binary VTP (default) or legacy binary VTK through the one writer layer (free space checked
+    before VTK starts, temp file in the folder, verified, then renamed)."""
+    from ..io.writers import write_mesh as _write
 
-    path = Path(path)
-    fmt = fmt.lower().lstrip(".")
-    if fmt == "vtp":
-        writer = vtk.vtkXMLPolyDataWriter()
-        writer.SetDataModeToBinary()
-        writer.SetCompressorTypeToZLib()
-    elif fmt == "vtk":
-        writer = vtk.vtkPolyDataWriter()
-        writer.SetFileTypeToBinary()
-        if hasattr(writer, "SetFileVersion"):
-            writer.SetFileVersion(42)  # readable by older VTK / Slicer builds
-    else:
-        raise InvalidInputError("Unknown mesh format %r." % fmt, hint="Use vtp or vtk.")
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(folder))
-        os.close(fd)
-    except OSError as exc:
-        raise OutputUnwritableError("Cannot write %s: %s" % (path, exc)) from exc
-    try:
-        writer.SetFileName(tmp)
-        writer.SetInputData(poly)
-        if writer.Write() != 1:
-            raise OutputUnwritableError("Writing the mesh %s failed." % path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(_write(poly, path, fmt))
 
 
 def read_mesh(path):

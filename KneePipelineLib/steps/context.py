@@ -36,16 +36,9 @@ class RunContext:
     # -- atomic outputs -----------------------------------------------------------------------
     def output(self, relpath: str, kind: str, writer: Callable[[Path], None], step: str = "", **meta: Any) -> Path:
         """Write ``relpath`` through ``writer(tmp_path)`` then rename into place; record it in the manifest."""
-        final = self.out_dir / relpath
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(".tmp-" + final.name)
-        try:
-            writer(tmp)
-            os.chmod(tmp, 0o666 & ~_UMASK)   # temp files are 0600; results are ordinary files
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from ..io.writers import atomic_write
+
+        final = atomic_write(self.out_dir / relpath, writer)   # free space, temp name, verify, rename
         self.manifest.add(OutputEntry(path=relpath.replace(os.sep, "/"), kind=kind, step=step, **meta))
         return final
 

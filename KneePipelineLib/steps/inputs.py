@@ -23,4 +23,12 @@ def step_input(ctx: RunContext) -> None:
         if "image" in ctx.data and not ctx.data["image"].same_geometry(vol, tol=1e-3):
             raise InvalidInputError("The image and the label map have different grids (size, spacing, origin or "
                                     "orientation).", hint="Give the label map that was segmented from this image.")
+    if o.echoes:   # bad echo inputs fail here, before segmentation and meshing spend minutes
+        from .. import t2 as T2
+
+        sub(0.8, "reading echoes")
+        ctx.data["echoes"] = T2.load_echoes(list(o.echoes), o.echo_times_ms)
+    for read in (ctx.data.get("image"), ctx.data.get("labels")):
+        for w in (read.metadata.get("warnings", []) if read is not None else []):   # odd but usable geometry
+            ctx.warn(w)
     sub(1.0, "inputs read")

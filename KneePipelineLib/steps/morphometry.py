@@ -18,6 +18,14 @@ def step_morphometry(ctx: RunContext) -> None:
     if not any(np.any(labels.array == c) for c in L.CARTILAGES):
         raise MissingStructuresError("The label map has no cartilage (none of: %s)."
                                      % ", ".join(L.TISSUES[c] for c in L.CARTILAGES))
+    for w in L.orphan_cartilage_warnings(labels.array):   # a region that cannot be measured is said so
+        ctx.warn(w)
+    from ..resources import morphometry_bytes, require_memory
+
+    require_memory(morphometry_bytes(labels.array, labels.spacing_mm, max(o.bone_smooth_var_mm2,
+                                                                        o.cartilage_smooth_var_mm2)),
+                   "morphometry", "meshing a %s-voxel label map of %s mm voxels"
+                   % (" x ".join(map(str, labels.shape_ijk)), " x ".join("%.3g" % s for s in labels.spacing_mm)))
     if "segmentation" not in ctx.manifest.steps or ctx.manifest.steps["segmentation"].get("status") != "complete":
         ctx.output("labels.nii.gz", "labelmap", lambda p: write_volume(labels, p), step="morphometry",
                    description="Input label map in canonical labels", coordinate_system="LPS", structure="tissues",

@@ -61,6 +61,11 @@ def step_segmentation(ctx: RunContext) -> None:
     if _reuse_segmentation(ctx, key):
         return
     ctx.step_extra["segmentation"] = {"key": key}
+    from ..resources import require_memory, segmentation_bytes
+
+    image = ctx.data["image"]
+    require_memory(segmentation_bytes(image.shape_ijk, image.spacing_mm), "segmentation",
+                   "a %s-voxel image" % " x ".join(map(str, image.shape_ijk)))
     res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
     ctx.data["labels"] = res.labels
     for w in (res.model or {}).get("warnings", []) or []:

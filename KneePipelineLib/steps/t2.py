@@ -12,7 +12,9 @@ def step_t2(ctx: RunContext) -> None:
     o = ctx.options
     sub = ctx.progress.sub("t2")
     sub(0.05, "reading echoes")
-    echoes = T2.load_echoes(list(o.echoes or []), o.echo_times_ms)
+    echoes = ctx.data.pop("echoes", None)   # read (and checked) by the input step
+    if echoes is None:
+        echoes = T2.load_echoes(list(o.echoes or []), o.echo_times_ms)
     if len(echoes.echo_times_ms) == 2:   # qDESS: the analytic two-echo estimator
         sub(0.3, "qDESS T2 from two echoes")
         geo = echoes.geometry
@@ -37,8 +39,10 @@ def step_t2(ctx: RunContext) -> None:
         from ..morphometry import write_mesh
         from vtk.util.numpy_support import numpy_to_vtk
 
-        rows, point_arrays = T2.regional_t2(maps, regions_vol, morph.meshes)
+        rows, point_arrays = T2.regional_t2(maps, regions_vol, morph.meshes, t2_range_ms=o.t2_stats_range_ms)
         ctx.results["t2"] = jsonable(rows)
+        ctx.results["t2_method"]["stats_range_ms"] = [float(v) for v in o.t2_stats_range_ms]
+        ctx.results["t2_method"]["stats_range_rule"] = "regional rows and surface T2 use lo < T2 < hi"
         for bone, values in point_arrays.items():   # T2 projected onto the bone surfaces
             poly = morph.meshes[bone]
             arr = numpy_to_vtk(values.astype("float32"), deep=True)

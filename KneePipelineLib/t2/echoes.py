@@ -2,7 +2,6 @@
 extensions), a 4D NIfTI/NRRD plus echo times, or several 3D files (one per echo)."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -84,8 +83,12 @@ def _volume_from_sitk(image) -> Volume:
     return Volume.from_sitk(image)
 
 
-def _read_dicom_echoes(folder: Path) -> MultiEcho:
-    return _assemble(*_read_dicom_groups(folder))
+def _read_dicom_echoes(folder: Path, user_tes: Optional[np.ndarray] = None) -> MultiEcho:
+    images, geoms, tes, source = _read_dicom_groups(folder)
+    if user_tes is not None and len(user_tes) == len(tes) and np.any(~np.isfinite(tes)):
+        tes = np.asarray(user_tes, dtype=float)          # the series lacks echo times: the user's
+        source["echo_times_from"] = "user"
+    return _assemble(images, geoms, tes, source)
 
 
 def _read_dicom_groups(folder: Path):
@@ -106,30 +109,32 @@ def _read_dicom_groups(folder: Path):
             for f in files]
     if len(series) > 1:
         te0 = {t[dicom.TAG_ECHO_TIME] for t in tags}
-        if len(te0) == 1:  # the largest series holds one echo: look for its siblings (same slice count)
-            for s in series[1:]:
-                if len(s.files) == len(series[0].files):
-                    files.extend(s.files)
-                    tags.extend(dicom.read_tags(f, [dicom.TAG_ECHO_TIME, dicom.TAG_POSITION, dicom.TAG_ORIENTATION,
-                                                    dicom.TAG_ECHO_NUMBER]) for f in s.files)
-            notes["dicom_series_note"] = "%d series found; echoes gathered from series with %d slices" % (
-                len(series), len(series[0].files))
-    groups: Dict[float, List[int]] = {}
-    for n, t in enumerate(tags):
-        te = _num(t[dicom.TAG_ECHO_TIME])
-        if te is None:
-            raise T2Error("DICOM file %s has no echo time (0018,0081)." % Path(files[n]).name,
-                          hint="Export the series with its echo times, or give a 4D NIfTI/NRRD with --echo-times-ms.")
-        groups.setdefault(round(te, 4), []).append(n)
-    counts = {te: len(ix) for te, ix in groups.items()}
+        siblings = [s for s in series[1:] if len(s.files) == len(series[0].files)]
+        # Echoes exported as one series each: every series is one echo on the same number of slices.
+        # Anything else (two acquisitions in one folder) is ambiguous, as for `run` and `analyze`.
+        if len(te0) != 1 or len(siblings) != len(series) - 1:
+            raise DicomError("%s holds %d DICOM series (%s); which one to analyse is ambiguous."
+                             % (folder.name, len(series), ", ".join("%d files" % len(s.files) for s in series)),
+                             hint="Give the folder (or zip) of a single multi-echo series, or one folder per echo.")
+        for s in siblings:
+            files.extend(s.files)
+            tags.extend(dicom.read_tags(f, [dicom.TAG_ECHO_TIME, dicom.TAG_POSITION, dicom.TAG_ORIENTATION,
+                                            dicom.TAG_ECHO_NUMBER]) for f in s.files)
+        notes["dicom_series_note"] = "%d series found; echoes gathered from series with %d slices" % (
+            len(series), len(series[0].files))
+    # Echoes as the reference groups them: EchoNumbers, then EchoTime (DOSMA group_by="EchoNumbers" /
+    # "EchoTime"); a file without EchoTime is never an echo of its own.
+    index = {f: n for n, f in enumerate(files)}
+    egroups = dicom.echo_groups(files)
+    counts = {_echo_label(g): len(g.files) for g in egroups}
     if len(set(counts.values())) > 1:
         raise DicomError("The echoes of the DICOM series have different numbers of slices: %s."
-                         % ", ".join("TE %g ms: %d" % kv for kv in sorted(counts.items())),
+                         % ", ".join("%s: %d" % kv for kv in counts.items()),
                          hint="Export the complete multi-echo series again.")
     images, geoms = [], []
     with _quiet_sitk():
-        for te in sorted(groups):
-            ix = groups[te]
+        for g in egroups:
+            ix = [index[f] for f in g.files]
             try:
                 orient = np.array([float(v) for v in tags[ix[0]][dicom.TAG_ORIENTATION].split("\\")])
                 normal = np.cross(orient[:3], orient[3:])
@@ -141,10 +146,24 @@ def _read_dicom_groups(folder: Path):
             vol = _volume_from_sitk(img)
             images.append(vol.array.astype(np.float32))
             geoms.append(vol)
-    source = _source_from_header(files[groups[sorted(groups)[0]][0]])
+    tes = np.array([np.nan if g.echo_time_ms is None else g.echo_time_ms for g in egroups], dtype=float)
+    nums = [g.echo_number for g in egroups]
+    by_number = len(egroups) > 1 and len({t for t in tes if np.isfinite(t)}) < len(egroups)
+    notes["echo_grouping"] = "EchoNumbers" if by_number else ("EchoTime" if len(egroups) > 1 else "one group")
+    if by_number and any(n is not None for n in nums):
+        notes["echo_numbers"] = [n for n in nums]
+    if np.any(~np.isfinite(tes)):
+        notes["missing_echo_time_file"] = Path(files[index[egroups[int(np.argmax(~np.isfinite(tes)))].files[0]]]).name
+    source = _source_from_header(egroups[0].files[0])
     source.update(notes)
     source["input_format"] = "dicom"
-    return images, geoms, np.array(sorted(groups), dtype=float), source
+    return images, geoms, tes, source
+
+
+def _echo_label(g) -> str:
+    if g.echo_time_ms is not None:
+        return "TE %s ms" % _fmt(g.echo_time_ms) + ("" if g.echo_number is None else " (echo %d)" % g.echo_number)
+    return "echo %s" % g.echo_number if g.echo_number is not None else "no echo tags"
 
 
 def _assemble(images: List[np.ndarray], geoms: List[Volume], tes: np.ndarray, source: Dict[str, Any]) -> MultiEcho:
@@ -156,6 +175,10 @@ def _assemble(images: List[np.ndarray], geoms: List[Volume], tes: np.ndarray, so
                 % (n + 1, _fmt(tes[n]), g.shape_ijk, ref.shape_ijk, np.round(g.spacing_mm, 3).tolist(),
                    np.round(ref.spacing_mm, 3).tolist()),
                 hint="All echoes must share one grid (size, spacing, origin, orientation).")
+    if len(tes) > 1 and np.any(~np.isfinite(tes)):
+        raise T2Error("DICOM file %s has no echo time (0018,0081)." % source.get("missing_echo_time_file", "?")
+                      if source.get("missing_echo_time_file") else "Some echoes have no echo time.",
+                      hint="Export the series with its echo times, or pass --echo-times-ms with one value per echo.")
     order = np.argsort(tes, kind="stable")
     tes = tes[order]
     arr = np.stack([images[o] for o in order]).astype(np.float32, copy=False)
@@ -165,7 +188,8 @@ def _assemble(images: List[np.ndarray], geoms: List[Volume], tes: np.ndarray, so
                       hint="Give the whole multi-echo series (all echo times), or a 4D volume with --echo-times-ms.")
     if not np.all(np.isfinite(tes)) or np.any(tes < 0):
         raise T2Error("Echo times must be finite, non-negative numbers of milliseconds; got %s." % tes.tolist())
-    if np.any(np.diff(tes) <= 0):
+    qdess_pair = len(tes) == 2 and source.get("echo_grouping") == "EchoNumbers"   # qDESS: one TE tag for both
+    if np.any(np.diff(tes) <= 0) and not (qdess_pair and tes[0] == tes[1]):
         raise T2Error("Two echoes share the echo time %s ms." % _fmt(tes[np.argmin(np.diff(tes))]),
                       hint="Each echo needs its own echo time.")
     if not np.all(np.isfinite(arr)):
@@ -219,11 +243,11 @@ def load_echoes(paths: Sequence[str | os.PathLike], echo_times_ms: Optional[Sequ
 
                 tmp = tempfile.mkdtemp(prefix="kneepipeline-echoes-")
                 safe_extract(p, Path(tmp))
-                me = _read_dicom_echoes(Path(tmp))
+                me = _read_dicom_echoes(Path(tmp), user_tes)
             elif p.is_dir():
-                me = _read_dicom_echoes(p)
+                me = _read_dicom_echoes(p, user_tes)
             elif dicom.is_dicom_file(p) and not _is_volume_file(p):
-                me = _read_dicom_echoes(p.parent)
+                me = _read_dicom_echoes(p.parent, user_tes)
             else:
                 me = None
         finally:
