@@ -159,19 +159,26 @@ def _shell_knee(knee: Volume, thickness_mm: float, thin_region_mask=None, thin_t
     return knee.with_array(arr)
 
 
-def test_known_loss_in_one_region_is_recovered_after_motion_and_revoxelisation(sample_knee, tmp_path):
-    base = _shell_knee(sample_knee, T_MM)
-    _analyze(base, tmp_path / "v0")
-    regions = read_labels(tmp_path / "v0" / "regions.nii.gz").array
-    # the medial weight-bearing region's cartilage, grown so that it covers the whole shell there
+@pytest.fixture(scope="module")
+def thinned_comparison(sample_knee, tmp_path_factory):
+    """Baseline shell knee; follow-up thinned in the medial weight-bearing region, moved and re-voxelised."""
     from scipy import ndimage
 
+    tmp = tmp_path_factory.mktemp("thinned")
+    _analyze(_shell_knee(sample_knee, T_MM), tmp / "v0")
+    regions = read_labels(tmp / "v0" / "regions.nii.gz").array
+    # the medial weight-bearing region's cartilage, grown so that it covers the whole shell there
     wb = ndimage.binary_dilation(regions == 12, iterations=2) & ~ndimage.binary_dilation(
         np.isin(regions, [11, 13, 14, 15]), iterations=1)
     follow = _shell_knee(sample_knee, T_MM, thin_region_mask=wb, thin_to_mm=T_MM - DELTA_MM)
     R = _rotation([1.0, 0.2, 0.4], 4.0)
-    _analyze(_revoxelised(follow, R, [0.4, -0.25, 0.3]), tmp_path / "v1")
-    doc = compare_runs(tmp_path / "v0", [tmp_path / "v1"], tmp_path / "change", report=False)
+    _analyze(_revoxelised(follow, R, [0.4, -0.25, 0.3]), tmp / "v1")
+    doc = compare_runs(tmp / "v0", [tmp / "v1"], tmp / "change", report=False)
+    return tmp / "change", doc
+
+
+def test_known_loss_in_one_region_is_recovered_after_motion_and_revoxelisation(thinned_comparison):
+    _, doc = thinned_comparison
     rows = _regions_by_name(doc)
     got = {n: r["change_mean_mm"] for n, r in rows.items()}
     assert abs(got["femur_medial_weightbearing"] + DELTA_MM) <= 0.05, got
@@ -179,6 +186,35 @@ def test_known_loss_in_one_region_is_recovered_after_motion_and_revoxelisation(s
         if name in ("femur_medial_weightbearing", "femur"):
             continue
         assert abs(r["change_mean_mm"]) <= 0.05, (name, got)
+
+
+def test_slicer_scene_shows_change_coloured_bones_and_table(thinned_comparison):
+    slicer = pytest.importorskip("slicer")
+    from KneePipelineLib.slicer_io.longitudinal import load_longitudinal
+
+    out, doc = thinned_comparison
+    scene = slicer.vtkMRMLScene()
+    loaded = load_longitudinal(scene, str(out))
+    femur = [m for m in loaded["models"] if m.GetName() == "femur change"][0]
+    disp = femur.GetDisplayNode()
+    assert disp.GetActiveScalarName() == "change_mm" and disp.GetScalarVisibility()
+    lo, hi = disp.GetScalarRange()
+    assert lo == -hi and hi >= 0.5            # symmetric, the 0.5 mm loss inside the range
+    # the colour at the loss end is blue, at 0 white
+    ctf = scene.GetNodeByID(disp.GetColorNodeID()).GetColorTransferFunction()
+    assert ctf.GetColor(-1.0)[2] > ctf.GetColor(-1.0)[0] and min(ctf.GetColor(0.0)) > 0.9
+    # geometry: the model is in RAS (file LPS): x and y negated
+    from KneePipelineLib.morphometry.mesh import polydata_arrays, read_mesh
+
+    lps = polydata_arrays(read_mesh(out / "meshes" / "femur.vtp"))[0]
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    ras = vtk_to_numpy(femur.GetPolyData().GetPoints().GetData())
+    assert np.allclose(ras[:5], lps[:5] * [-1, -1, 1], atol=1e-4)
+    table = loaded["table"].GetTable()
+    col = table.GetColumnByName("change_mean_mm")
+    assert col is not None and col.GetDataTypeAsString() == "double"
+    assert table.GetNumberOfRows() == len(doc["followups"][0]["regions"])
 
 
 def test_laterality_must_match(sample_knee, real_run, tmp_path):
