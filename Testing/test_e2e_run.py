@@ -114,6 +114,8 @@ def test_every_step_runs_and_the_manifest_is_complete(cli_run, case):
     seg_model = doc["models"]["segmentation"]
     assert seg_model["id"] == "nnunet_fullres" and seg_model["source"] == "model_dir"
     assert seg_model["device"] == "cpu" and seg_model["sha256"]
+    (files,) = seg_model["model_files"]   # which model files produced it: source, revision, sha256
+    assert files["id"] == "nnunet_fullres" and files["source"] == "local" and files["sha256"] == seg_model["sha256"]
     # the input is untouched
     assert hashlib.sha256(case["image"].read_bytes()).hexdigest() == case["digest"]
 

@@ -66,11 +66,15 @@ def step_segmentation(ctx: RunContext) -> None:
     image = ctx.data["image"]
     require_memory(segmentation_bytes(image.shape_ijk, image.spacing_mm), "segmentation",
                    "a %s-voxel image" % " x ".join(map(str, image.shape_ijk)))
-    res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
+    from ..modelfiles import recording_models, used_provenance
+
+    with recording_models() as used:   # every model file the backend resolved (ensemble members too)
+        res = segment(ctx.data["image"], ctx.options, progress=ctx.progress.sub("segmentation"))
     ctx.data["labels"] = res.labels
     for w in (res.model or {}).get("warnings", []) or []:
         ctx.warn(w)
     ctx.manifest.models["segmentation"] = jsonable(res.model)
+    ctx.manifest.models["segmentation"]["model_files"] = used_provenance(used)   # source, revision, sha256
     if (res.model or {}).get("device"):
         ctx.manifest.environment["device"] = str(res.model["device"])
     ctx.output("segmentation.nii.gz", "labelmap", lambda p: write_volume(res.labels, p), step="segmentation",
