@@ -1,7 +1,7 @@
 """slicer_io against slicer-core's real vtkMRMLScene: a real pipeline run on the sample label map, loaded.
 
-When the pipeline's `analyze` cannot finish yet, the run-folder fixture falls back to a run folder written
-here with real SimpleITK / VTK files following the manifest contract (and says so in the test ids).
+The run folder comes from the real `analyze` command; if it fails, the tests fail (no stand-in folder).
+A contract folder written here (oblique geometry) and the module's offline sample run are tested on their own.
 """
 import json
 import math
@@ -93,16 +93,13 @@ def _with_geometry(img, ref):
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, sample_labels_path):
-    """One real `analyze` run on the sample label map per session (fallback: the contract folder)."""
+    """One real `analyze` run on the sample label map per session."""
     out = tmp_path_factory.mktemp("slicer_io") / "real_run"
     proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "--quiet-progress", "analyze",
                            "--labels", str(sample_labels_path), "--label-convention", "pymskt", "--out", str(out)],
                           cwd=str(ROOT), capture_output=True, text=True, timeout=600)
-    if proc.returncode == 0:
-        return {"dir": out, "real": True}
-    sys.stderr.write("analyze is not usable yet (%s); using a contract run folder\n" % proc.stderr.strip()[-300:])
-    return {"dir": _write_contract_run(tmp_path_factory.mktemp("slicer_io") / "contract_run", sample_labels_path),
-            "real": False}
+    assert proc.returncode == 0, "analyze failed on the sample label map:\n%s" % proc.stderr[-3000:]
+    return {"dir": out, "real": True}
 
 
 def _new_scene():
@@ -324,3 +321,46 @@ def test_oblique_contract_folder_geometry(tmp_path, sample_labels_path, scene):
     for i in (0, 100, r.GetOutput().GetNumberOfPoints() - 1):
         assert np.allclose(lr.models["femur"].GetPolyData().GetPoint(i), np.array(r.GetOutput().GetPoint(i)) * [-1, -1, 1])
     assert lr.bscores == {"nsm_bone_cartilage": 1.25}
+
+
+def test_terminology_entries_use_slicers_codes_and_laterality(loaded):
+    """Bones: DICOM master list Anatomical Structure + Right/Left; cartilage / menisci: General Anatomy Tissue
+    with an anatomic region (codes as in Slicer's Modules/Loadable/Terminologies/Resources, 5.8.0 and 5.12.3)."""
+    from KneePipelineLib.slicer_io.terminology import terminology_entry
+
+    s = loaded.segmentation.GetSegmentation()
+
+    def entry(name):
+        tag = vtk.mutable("")
+        assert s.GetSegment(s.GetSegmentIdBySegmentName(name)).GetTag("TerminologyEntry", tag), name
+        return str(tag).split("~")
+
+    femur = entry("femur")
+    assert femur[0] == "Segmentation category and type - DICOM master list"
+    assert femur[1:4] == ["SCT^123037004^Anatomical Structure", "SCT^71341001^Femur", "SCT^24028007^Right"]
+    assert entry("patella")[2] == "SCT^64234005^Patella" and entry("tibia")[2] == "SCT^12611008^Tibia"
+    cart = entry("femoral_cartilage")
+    assert cart[0] == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert cart[1:3] == ["SCT^85756007^Tissue", "SCT^309312004^Cartilage"]
+    assert cart[4:] == ["Anatomic codes - DICOM master list", "SCT^71341001^Femur", "SCT^24028007^Right"]
+    assert entry("medial_meniscus")[2] == "SCT^74135004^Meniscus"
+    assert len(femur) == 7 and all(len(x.split("^")) == 3 for x in femur[1:4] + femur[5:])
+    assert terminology_entry("femur", "left").split("~")[3] == "SCT^7771000^Left"
+    assert terminology_entry("femur").split("~")[3] == "^^" and terminology_entry("nonsense") is None
+
+
+def test_module_offline_sample_run_loads(tmp_path, scene):
+    """The run folder the module's offline self-test writes (standard library only) loads completely, in RAS."""
+    from KneePipelineLib.slicer_io.sample_run import voxel_to_lps, write_sample_run
+
+    run = write_sample_run(str(tmp_path / "sample"), side="left")
+    lr = load_run(scene, run)
+    s = lr.segmentation.GetSegmentation()
+    assert sorted(s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())) == \
+        ["femoral_cartilage", "femur", "tibia"]
+    assert lr.laterality == "left" and lr.chart is not None and lr.regions is not None
+    assert np.allclose(_ras_of_voxel(lr.regions, (5, 6, 7)), np.array(voxel_to_lps(5, 6, 7)) * [-1, -1, 1], atol=1e-4)
+    femur = lr.models["femur"]
+    assert np.allclose(femur.GetPolyData().GetPoint(0), np.array(voxel_to_lps(3, 9, 2)) * [-1, -1, 1], atol=1e-4)
+    assert femur.GetDisplayNode().GetActiveScalarName() == "thickness_mm"
+    assert lr.tables["regions"].GetTable().GetNumberOfRows() == len(L.REGIONS)
