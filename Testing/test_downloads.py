@@ -270,6 +270,11 @@ def test_pinned_hub_revision_differing_from_the_cached_one_is_reported(tmp_path)
     assert state["pinned_revision"] == pinned and "!=pin" in _revision_text(state)
     rec = read_record(str(cache), "dosma_sagittal")
     assert rec["revision"] == cached and rec["requested_revision"] == "main"
+    # "main" moved on: the next resolution records the new commit and the one it replaced
+    lay_out_hub_cache(cache, "aagatti/dosma_bones", {"sagittal_best_model.h5": src}, commit="e" * 40)
+    assert hub.ensure_model(base, cache_dir=str(cache), offline=True).name == "e" * 40
+    rec = read_record(str(cache), "dosma_sagittal")
+    assert rec["revision"] == "e" * 40 and rec["previous_revision"] == cached
 
 
 def test_recording_models_gives_each_used_models_source_revision_and_sha256(tmp_path, monkeypatch, published):
