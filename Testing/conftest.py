@@ -82,3 +82,38 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- the real knee's morphometry, computed once per session and shared by the morphometry tests --------
+def mirror_volume(v):
+    """A physical mirror image (a left knee from a right one): flip the array axis nearest LPS x."""
+    import numpy as np
+    from KneePipelineLib.io import Volume
+
+    axis_ijk = int(np.argmax(np.abs(v.direction[0])))
+    return Volume(np.flip(v.array, axis=2 - axis_ijk).copy(), v.spacing_mm, v.origin_mm, v.direction)
+
+
+@pytest.fixture(scope="session")
+def real_knee_labels(sample_labels_path):
+    """The real sample label map in canonical labels (a right knee)."""
+    from KneePipelineLib import labels as L
+    from KneePipelineLib.io import read_labels
+
+    v = read_labels(sample_labels_path)
+    return v.with_array(L.remap(v.array, L.CONVENTIONS["pymskt"]))
+
+
+@pytest.fixture(scope="session")
+def real_knee_morphometry(real_knee_labels):
+    from KneePipelineLib.morphometry import analyze_labels
+
+    return analyze_labels(real_knee_labels)
+
+
+@pytest.fixture(scope="session")
+def left_knee_morphometry(real_knee_labels):
+    """The same knee mirrored into a left knee, analysed once."""
+    from KneePipelineLib.morphometry import analyze_labels
+
+    return analyze_labels(mirror_volume(real_knee_labels))

@@ -21,7 +21,13 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    patella ← patellar cartilage); misses are NaN;
 5. statistics per sub-region and per plate: mean / std / median over vertices with a thickness,
    area-weighted mean (vertex area = 1/3 of adjacent triangles), plate area (bone surface assigned to
-   the region), coverage (its fraction with a valid thickness), cartilage volume from voxel counts.
+   the region), coverage (its fraction with a valid thickness), cartilage volume from voxel counts;
+6. the field's reporting standard (:mod:`.chondrometrics`, :mod:`.bone_interface`, docs/MEASURES.md):
+   per bone the subchondral bone area tAB with its enclosed bare patches, each tAB vertex covered /
+   denuded / a miss (point array ``cartilage_status``), the 16 femorotibial subregions (point array
+   ``subregion``), the Euclidean thickness on the cartilage surface (``thickness_nearest_mm`` on the
+   cartilage meshes), and the Chondrometrics measures per region, plate and subregion
+   (``RegionStats.measures``; subregions are rows of kind ``"subregion"`` named by their code, cMT ...).
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ from ..errors import InvalidInputError, MissingStructuresError
 from ..io.volume import Volume
 from .mesh import (field_normals, mesh_from_field, mesh_from_field_target_points, polydata_arrays, set_normals,
                    set_point_array, smoothed_crop, vertex_areas)
+from . import chondrometrics as C
+from .bone_interface import BoneInterface, bone_interface, euclidean_thickness, subregion_voxel_counts
 from .raycast import cartilage_length_on_rays, thickness_on_surface
 from .regions import crop_bone, femoral_subregions, knee_frame
 
@@ -82,8 +90,13 @@ class RegionStats:
     coverage: Optional[float]
     n_vertices: int                         # bone vertices assigned to the region
     n_valid_vertices: int = 0               # of those, with a valid thickness
-    kind: str = "region"                    # "region" | "plate"
+    kind: str = "region"                    # "region" | "plate" | "subregion"
     bone: str = ""
+    chondrometrics: str = ""                # the field's code (TrF, cMF, MT, cMT, ecMF, ...)
+    display: str = ""
+    color: str = ""                         # "#rrggbb": the legend colour of the region / subregion
+    # the Chondrometrics measures (names and units: chondrometrics.UNITS; definitions: docs/MEASURES.md)
+    measures: Dict[str, Optional[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +111,8 @@ class MorphometryResult:
     # per bone: bone vertices under cartilage without a thickness, by what the label map holds on their
     # ray: (no cartilage voxel, < 1 mm of cartilage, >= 1 mm)
     miss_causes: Dict[str, Tuple[int, int, int]] = field(default_factory=dict)
+    # per bone: tAB, vertex status and subregions (see bone_interface)
+    interfaces: Dict[str, BoneInterface] = field(default_factory=dict)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -213,6 +228,8 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
 
     report(0.7, "cartilage thickness")
     per_bone = {}
+    interfaces: Dict[str, BoneInterface] = {}
+    ac: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     miss_causes: Dict[str, Tuple[int, int, int]] = {}
     for bone, (carts, codes) in BONE_CARTILAGE.items():
         bname = BONE_KEYS[bone]
@@ -246,8 +263,13 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         set_point_array(poly, "thickness_mm", thick.astype(np.float32))
         set_point_array(poly, "region", region.astype(np.int32))
         pts, tris = polydata_arrays(poly)
-        per_bone[bone] = (thick, region, vertex_areas(pts, tris))
+        area = vertex_areas(pts, tris)
+        per_bone[bone] = (thick, region, area)
         lap("thickness_" + bname)
+        if carts_here:
+            interfaces[bname], ac[bone] = _standard_measures_inputs(
+                poly, thick, region, area, lab, carts_here, frame, info, settings, meshes, regions_volume)
+            lap("chondrometrics_" + bname)
 
     report(0.9, "regional statistics")
     vox_counts = np.bincount(regions_arr.ravel(), minlength=256)
@@ -270,6 +292,8 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         thick, region, area = per_bone[bone]
         stats.append(_stats(pname, None, "plate", BONE_KEYS[bone], thick, area, np.isin(region, codes),
                             sum(vox_counts[c] for c in codes) * vv))
+    stats += _subregion_stats(per_bone, interfaces, vv, warnings)
+    _add_measures(stats, per_bone, interfaces, ac, vox_counts, vv)
     for s in stats:
         if s.kind == "region" and s.coverage is not None and s.coverage < 0.8:
             msg = "Only %.0f %% of the %s bone surface got a thickness" % (100 * s.coverage, s.name)
@@ -281,4 +305,86 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
             warnings.append(msg + ".")
     lap("stats")
     report(1.0, "morphometry done")
-    return MorphometryResult(laterality, meshes, regions_volume, stats, warnings, frame, timings, miss_causes)
+    return MorphometryResult(laterality, meshes, regions_volume, stats, warnings, frame, timings, miss_causes,
+                             interfaces)
+
+
+_PLATE_CODES = {"femur": "F", "tibia_medial": "MT", "tibia_lateral": "LT", "patella": "P"}
+
+
+def _standard_measures_inputs(poly, thick, region, area, lab, carts_here, frame, info, settings, meshes,
+                              regions_volume):
+    """tAB / status / subregions of one bone (point arrays set on it) and the Euclidean thickness on its
+    cartilage meshes: (BoneInterface, (AC thickness, AC area, AC region, AC subregion) over its cartilages)."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    pts, tris = polydata_arrays(poly)
+    normals = vtk_to_numpy(poly.GetPointData().GetNormals()).astype(float)
+    is_femur = bool(np.any(np.isin(region, (11, 12, 13, 14, 15))))
+    rot = info.condylar_rotation_deg if (is_femur and info is not None) else 0.0
+    bi = bone_interface(pts, tris, normals, thick, region, area, lab, carts_here, frame, rot,
+                        settings.ray_inner_mm, settings.ray_outer_mm)
+    bi.voxel_counts = subregion_voxel_counts(regions_volume, bi)
+    set_point_array(poly, "subregion", bi.subregion.astype(np.int32))
+    set_point_array(poly, "cartilage_status", bi.status.astype(np.int32))
+    parts = []
+    for tissue in carts_here:
+        cpoly = meshes.get(CARTILAGE_KEYS[tissue])
+        if cpoly is None:
+            continue
+        cpts, ctris = polydata_arrays(cpoly)
+        d, reg, sub = euclidean_thickness(cpts, ctris, pts, tris, normals, bi)
+        set_point_array(cpoly, "thickness_nearest_mm", d.astype(np.float32))
+        set_point_array(cpoly, "subregion", sub.astype(np.int32))
+        parts.append((d, np.where(np.isfinite(d), vertex_areas(cpts, ctris), 0.0), reg, sub))
+    if not parts:
+        return bi, (np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0, int))
+    return bi, tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+
+
+def _subregion_stats(per_bone, interfaces, vv, warnings) -> List[RegionStats]:
+    out: List[RegionStats] = []
+    for bone, bname in ((L.TIBIA, "tibia"), (L.FEMUR, "femur")):
+        bi = interfaces.get(bname)
+        if bi is None or bone not in per_bone:
+            continue
+        thick, _, area = per_bone[bone]
+        counts = bi.voxel_counts
+        for s in C.SUBREGIONS:
+            if L.REGION_BY_CODE[s.parent].bone != bone:
+                continue
+            sel = bi.subregion == s.code
+            if not sel.any():
+                if (bi.tab_region == s.parent).any():
+                    warnings.append("Subregion %s is empty." % s.name)
+                continue
+            st = _stats(s.name, s.code, "subregion", bname, thick, area, sel, counts.get(s.code, 0) * vv)
+            st.chondrometrics, st.display, st.color = s.name, s.display, C.hex_color(s.color)
+            out.append(st)
+    return out
+
+
+
+def _add_measures(stats: List[RegionStats], per_bone, interfaces, ac, vox_counts, vv) -> None:
+    """Fill every row's Chondrometrics code, display name, colour and measures."""
+    for st in stats:
+        bone = {v: k for k, v in BONE_KEYS.items()}.get(st.bone)
+        if st.kind == "region":
+            r = L.REGION_BY_CODE[st.code]
+            st.chondrometrics, st.display = r.chondrometrics, r.display
+            st.color = C.hex_color(C.region_color(r.code))
+        elif st.kind == "plate":
+            st.chondrometrics = _PLATE_CODES.get(st.name, st.name)
+            st.display = st.name.replace("_", " ").capitalize() + " (plate)"
+        bi = interfaces.get(st.bone)
+        if bi is None or bone not in per_bone:
+            continue
+        q = bi.samples                    # quadrature points of the bone surface (area, thickness, status)
+        ac_t, ac_a, ac_r, ac_s = ac[bone]
+        if st.kind == "subregion":
+            sel, ac_sel = q.subregion == st.code, ac_s == st.code
+        else:
+            codes = [st.code] if st.kind == "region" else L.PLATES[st.name]
+            sel, ac_sel = np.isin(q.tab_region, codes), np.isin(ac_r, codes)
+        st.measures = C.measures(q.thickness_mm, q.area_mm2, q.status, sel, st.cartilage_volume_mm3,
+                                 ac_t[ac_sel], ac_a[ac_sel])

@@ -15,6 +15,7 @@ def step_results(ctx: RunContext) -> None:
         "schema": "kneepipeline-results/1",
         "library_version": __version__,
         "units": {"thickness": "mm", "area": "mm^2", "volume": "mm^3", "t2": "ms", "coverage": "fraction 0-1"},
+        "chondrometrics_units": _chondrometrics_units(),
         **ctx.results,
     }
     doc = jsonable(doc)
@@ -48,11 +49,20 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def _chondrometrics_units() -> Dict[str, str]:
+    """Units of the Chondrometrics measures (tAB, ThCtAB.aMe, ...; docs/MEASURES.md)."""
+    from ..morphometry.chondrometrics import UNITS
+
+    return dict(UNITS)
+
+
 def region_row(r: Any) -> Dict[str, Any]:
+    """A RegionStats as a flat row; its Chondrometrics measures merged in under their standard names."""
     from dataclasses import asdict
     from .. import labels as L
 
     row = asdict(r)
+    row.update(row.pop("measures", None) or {})
     reg = L.REGION_BY_NAME.get(row.get("name"))
     if reg is not None:
         row.setdefault("display", reg.display)
@@ -70,7 +80,7 @@ def flatten_results(doc: Dict[str, Any]) -> Dict[str, Any]:
         if r.get("kind") == "plate" and r["name"] in region_names:
             continue  # a plate that is a single region (tibia_medial, patella) is already there
         for k, v in r.items():
-            if k in ("name", "code", "display", "chondrometrics") or isinstance(v, (dict, list)):
+            if k in ("name", "code", "display", "chondrometrics", "color") or isinstance(v, (dict, list)):
                 continue
             row["%s_%s" % (r["name"], k)] = v
     for r in doc.get("t2", []) or []:
