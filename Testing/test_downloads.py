@@ -169,10 +169,14 @@ def test_stale_partial_bytes_are_discarded_and_the_download_restarted(tmp_path, 
     part = _cached(cache).with_name("model.json.incomplete")
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 100)  # left by an earlier run of another file version
+    events = []
     with _host(monkeypatch, FakeGitHost(published)) as fake:
-        root = hub.ensure_model(get_model(BC), cache_dir=str(cache))
+        root = hub.ensure_model(get_model(BC), cache_dir=str(cache), progress=lambda f, m="": events.append((f, m)))
     assert (root / "model.json").read_bytes() == published[BC_URL_PATH]
     assert [r for _, r in fake.requests] == ["bytes=100-", None]
+    fractions = [f for f, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # the same progress protocol as hub downloads
+    assert any(m.startswith("downloading BSCORE_MODELS/") and "@" + BSCORE_COMMIT[:12] in m for _, m in events)
 
 
 def test_a_download_that_keeps_failing_leaves_no_file_and_resumes_next_time(tmp_path, monkeypatch, published):
