@@ -44,6 +44,8 @@ class RunOptions:
     echo_times_ms: Optional[List[float]] = None
     t2_drop_first_echo: bool = True
     qdess_params: Optional[Dict[str, float]] = None   # qDESS: tr_ms, te_ms, flip_deg, tg_us, gl_area, t1_ms
+    # regional T2 statistics use lo < T2 < hi only (the reference's T2_MIN_VALID / T2_MAX_VALID: 0, 80 ms)
+    t2_stats_range_ms: List[float] = field(default_factory=lambda: [0.0, 80.0])
     nsm: str = "none"
     nsm_dir: Optional[str] = None
     bscore_dir: Optional[str] = None
@@ -92,10 +94,23 @@ class RunOptions:
         if unknown:
             raise ConfigurationError("Unknown qDESS parameter(s): %s." % ", ".join(unknown),
                                      hint="Use: %s." % ", ".join(QDESS_KEYS))
+        self._validate_t2_stats_range()
         for step, limit in (self.step_timeouts_s or {}).items():
             if not limit or limit <= 0:
                 raise ConfigurationError("The time limit of step %r must be positive." % step)
         return self
+
+    def _validate_t2_stats_range(self) -> None:
+        import math
+
+        rng = self.t2_stats_range_ms
+        if (not isinstance(rng, (list, tuple)) or len(rng) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)):
+            raise ConfigurationError("--t2-stats-range-ms takes two finite numbers (low high), got %r." % (rng,),
+                                     hint="E.g. --t2-stats-range-ms 0 80 (the default, as the reference).")
+        if not rng[0] < rng[1]:
+            raise ConfigurationError("--t2-stats-range-ms: the low end %r must be below the high end %r."
+                                     % (rng[0], rng[1]))
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

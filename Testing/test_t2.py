@@ -409,3 +409,103 @@ def test_cli_qdess_without_parameters_fails_clearly(tmp_path, capsys):
     assert rc == T2Error("x").exit_code
     err = capsys.readouterr().err
     assert "TR" in err and "flip angle" in err
+
+
+# -- reference conventions: the plausible-T2 window, echo grouping ---------------------------------------
+def test_regional_stats_exclude_t2_at_or_beyond_0_and_80_ms_by_default():
+    """OpenMSK steps/t2_mapping.py T2_MIN_VALID = 0, T2_MAX_VALID = 80: valid fits outside (0, 80) ms are
+    not cartilage T2 and stay out of the regional means; the window is configurable and can be switched off."""
+    maps, regions = _regional_phantom()
+    t2 = maps.t2_ms.array.copy()
+    tib = regions.array == L.MEDIAL_TIBIAL_CARTILAGE
+    idx = np.argwhere(tib)
+    for n, value in enumerate([0.0, -4.0, 80.0, 120.0]):   # four outliers among 35 ms voxels
+        t2[tuple(idx[n])] = value
+    maps = T2.T2Maps(maps.t2_ms.with_array(t2), maps.s0, maps.r2, maps.valid, "test", {})
+    get = lambda rows: {(r["region"], r["layer"]): r for r in rows}[("tibia_medial", "all")]
+    default = get(T2.regional_t2(maps, regions)[0])
+    assert default["t2_mean_ms"] == pytest.approx(35.0) and default["n_voxels"] == int(tib.sum()) - 4
+    wide = get(T2.regional_t2(maps, regions, t2_range_ms=(-10.0, 200.0))[0])
+    assert wide["n_voxels"] == int(tib.sum()) and wide["t2_mean_ms"] > 35.0
+    assert get(T2.regional_t2(maps, regions, t2_range_ms=None)[0])["n_voxels"] == int(tib.sum())
+
+
+def test_t2_stats_range_is_a_run_option_recorded_in_the_results():
+    from KneePipelineLib.errors import ConfigurationError
+    from KneePipelineLib.options import RunOptions
+
+    assert RunOptions().t2_stats_range_ms == [0.0, 80.0]
+    o = RunOptions(out_dir="x", labels="l", t2_stats_range_ms=[0.0, 100.0])
+    assert o.validate().to_argv()[-3:] == ["--t2-stats-range-ms", "0.0", "100.0"]
+    for bad in ([80.0, 0.0], [0.0], [0.0, float("nan")]):
+        with pytest.raises(ConfigurationError, match="t2-stats-range-ms"):
+            RunOptions(out_dir="x", labels="l", t2_stats_range_ms=bad).validate()
+
+
+def _dicom_series(folder, n_slices=4, echoes=((1, 10.0),), shape=(6, 8), seed=0):
+    """A small MR DICOM series written with pydicom: one file per (echo, slice); ``echoes`` lists
+    (EchoNumbers, EchoTime) with None for an absent tag."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    n = 0
+    for e, (num, te) in enumerate(echoes):
+        for z in range(n_slices):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "MR", series, study
+            ds.FrameOfReferenceUID = frame
+            ds.InstanceNumber = n + 1
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]          # sagittal
+            ds.ImagePositionPatient = [float(-10 + 3 * z), -20.0, 30.0]
+            ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 3.0
+            if num is not None:
+                ds.EchoNumbers = num
+            if te is not None:
+                ds.EchoTime = te
+            ds.Rows, ds.Columns = shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.PixelData = (rng.integers(100, 1000, shape) // (e + 1)).astype(np.uint16).tobytes()
+            pydicom.dcmwrite(str(folder / ("IM%04d" % n)), ds, enforce_file_format=True)
+            n += 1
+    return folder
+
+
+def test_dicom_series_without_echo_time_reads_as_one_image(tmp_path):
+    from KneePipelineLib.io.readers import read_image
+
+    img = read_image(str(_dicom_series(tmp_path / "s", echoes=((None, None),))))
+    assert img.array.shape == (4, 6, 8)
+    img = read_image(str(_dicom_series(tmp_path / "s1", echoes=((1, None),))))
+    assert img.array.shape == (4, 6, 8)
+
+
+def test_echoes_grouped_by_echo_numbers_then_echo_time(tmp_path):
+    from KneePipelineLib.io import dicom
+
+    # qDESS-like: one EchoTime tag for both echoes, told apart by EchoNumbers (DOSMA's default grouping)
+    q = _dicom_series(tmp_path / "q", echoes=((1, 6.0), (2, 6.0)))
+    me = T2.load_echoes([q])
+    assert me.n_echo == 2 and me.source["echo_grouping"] == "EchoNumbers"
+    assert me.images[0].mean() > me.images[1].mean()          # echo 1 first
+    # no EchoNumbers: echo time decides (DOSMA's group_by="EchoTime" fallback)
+    m = _dicom_series(tmp_path / "m", echoes=((None, 10.0), (None, 20.0), (None, 30.0)))
+    me = T2.load_echoes([m])
+    assert list(me.echo_times_ms) == [10.0, 20.0, 30.0] and me.source["echo_grouping"] == "EchoTime"
+    # EchoNumbers all 1 but the times differ: still three echoes
+    files = sorted(str(p) for p in _dicom_series(tmp_path / "o", echoes=((1, 10.0), (1, 20.0), (1, 30.0))).iterdir())
+    assert sorted(dicom.group_by_echo(files)) == [10.0, 20.0, 30.0]
+    # a series without echo times: one image for --image, and T2 says what is missing
+    none = _dicom_series(tmp_path / "n", echoes=((None, None),))
+    with pytest.raises(T2Error, match="one echo"):
+        T2.load_echoes([none])

@@ -50,6 +50,9 @@ def add_t2_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qdess-param", dest="qdess_params", action="append", type=_step_limit, metavar="KEY=VALUE",
                    help="qDESS sequence parameter overriding the DICOM header (repeatable): tr_ms, te_ms, "
                         "flip_deg, tg_us, gl_area, t1_ms, diffusivity_m2_s")
+    g.add_argument("--t2-stats-range-ms", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=list(RunOptions().t2_stats_range_ms),
+                   help="regional T2 statistics use only LO < T2 < HI ms (default 0 80, as the reference)")
 
 
 def add_nsm_args(p: argparse.ArgumentParser) -> None:

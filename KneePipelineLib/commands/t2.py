@@ -152,7 +152,10 @@ def main(args, progress) -> int:
     written = ["t2_ms.nii.gz", "t2_r2.nii.gz", "t2_s0.nii.gz", "t2_valid.nii.gz", "t2_params.json"]
     if rows is not None:
         clean_rows = _clean(rows)
+        from ..t2.regional import T2_STATS_RANGE_MS
+
         _atomic_text(out / "t2_regions.json", json.dumps({"method": maps.method, "regions_from": regions_note,
+                                                          "t2_stats_range_ms": list(T2_STATS_RANGE_MS),
                                                           "rows": clean_rows}, indent=2, allow_nan=False))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")

@@ -125,6 +125,11 @@ def _read_dicom_groups(folder: Path):
     # Echoes as the reference groups them: EchoNumbers, then EchoTime (DOSMA group_by="EchoNumbers" /
     # "EchoTime"); a file without EchoTime is never an echo of its own.
     index = {f: n for n, f in enumerate(files)}
+    missing_te = [n for n, t in enumerate(tags)
+                  if dicom.parse_echo_time(t[dicom.TAG_ECHO_TIME], files[n]) is None]   # malformed: an error
+    if 0 < len(missing_te) < len(files):   # some slices lost their echo time: never guess which echo
+        raise T2Error("DICOM file %s has no echo time (0018,0081)." % Path(files[missing_te[0]]).name,
+                      hint="Export the series with its echo times, or give a 4D NIfTI/NRRD with --echo-times-ms.")
     egroups = dicom.echo_groups(files)
     counts = {_echo_label(g): len(g.files) for g in egroups}
     if len(set(counts.values())) > 1:

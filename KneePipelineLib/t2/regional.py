@@ -1,7 +1,7 @@
 """Regional cartilage T2: per sub-region and deep/superficial halves, and T2 projected onto bone surfaces."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,9 +87,32 @@ def _stats(values: np.ndarray) -> Dict[str, Any]:
             "t2_median_ms": float(np.median(v)), "n_voxels": int(v.size)}
 
 
+# The reference's plausible-T2 window for regional statistics (OpenMSK steps/t2_mapping.py T2_MIN_VALID /
+# T2_MAX_VALID): values <= 0 ms or >= 80 ms (failed fits, fluid, partial volume) are left out.
+T2_STATS_RANGE_MS: Tuple[float, float] = (0.0, 80.0)
+
+
+def stats_mask(t2_ms: np.ndarray, valid: Optional[np.ndarray],
+               t2_range_ms: Optional[Sequence[float]] = T2_STATS_RANGE_MS) -> np.ndarray:
+    """Voxels whose T2 counts in regional statistics: a valid fit with lo < T2 < hi (both ends excluded, as
+    the reference); ``t2_range_ms`` None keeps every valid, finite value."""
+    m = np.isfinite(t2_ms)
+    if valid is not None:
+        m &= np.asarray(valid, dtype=bool)
+    if t2_range_ms is not None:
+        lo, hi = float(t2_range_ms[0]), float(t2_range_ms[1])
+        with np.errstate(invalid="ignore"):
+            m &= (t2_ms > lo) & (t2_ms < hi)
+    return m
+
+
 def regional_t2(t2: T2Maps, regions: Volume, bone_meshes: Optional[Dict[str, Any]] = None,
-                max_depth_mm: float = 8.0) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
+                max_depth_mm: float = 8.0, t2_range_ms: Optional[Sequence[float]] = T2_STATS_RANGE_MS
+                ) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
     """Per-region T2 rows and per-bone ``t2_ms`` point arrays.
+
+    Only voxels with a valid fit and ``t2_range_ms[0] < T2 < t2_range_ms[1]`` count (default 0-80 ms, both
+    ends excluded, as the reference; None: every valid value), in the rows and on the surfaces alike.
 
     ``regions`` holds canonical codes: femoral sub-regions 11–15 (or tissue 2), tibial 3/4, patellar 1, and
     bones 7/8/9 for the deep/superficial split (codes +100/+200 already present are used as they are).
@@ -107,7 +130,8 @@ def regional_t2(t2: T2Maps, regions: Volume, bone_meshes: Optional[Dict[str, Any
     arr = np.asarray(regions.array)
     if arr.shape != t2.t2_ms.array.shape:
         raise InvalidInputError("The region map and the T2 map have different shapes.")
-    vals = np.where(np.asarray(t2.valid.array, dtype=bool), t2.t2_ms.array, np.nan).astype(np.float64)
+    t2_arr = np.asarray(t2.t2_ms.array, dtype=np.float64)
+    vals = np.where(stats_mask(t2_arr, None if t2.valid is None else t2.valid.array, t2_range_ms), t2_arr, np.nan)
     has_layers = bool(np.any(arr >= L.DEEP_OFFSET))
     if has_layers:
         base = np.where(arr >= L.SUPERFICIAL_OFFSET, arr - L.SUPERFICIAL_OFFSET,
