@@ -357,7 +357,9 @@ def run_plan(steps: Sequence[SetupStep], progress: Any, env: Optional[Dict[str, 
         if rc != 0:
             raise InternalError("%s failed (exit code %d): %s" % (s.description, rc, "\n".join(tail[-5:])),
                                 hint="Check the internet connection to PyPI / download.pytorch.org (and, for "
-                                     "uv's Python, github.com) and the free disk space, then press 'Set up' again.")
+                                     "uv's Python, github.com) and the free disk space, then press 'Set up' again. "
+                                     "Where github.com is blocked, put an existing Python 3.11+ in the Python field "
+                                     "and press 'Set up': the environment is then built from it.")
         sub(1.0, s.description + ": done")
 
 

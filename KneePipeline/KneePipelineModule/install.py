@@ -82,6 +82,22 @@ class InstallLogic:
             exe = cand if os.path.isfile(cand) else sys.executable
         return exe
 
+    def basePythonChoice(self, fieldValue: Optional[str], envDir: str) -> Optional[str]:
+        """The Python field names a Python other than the environment Set up makes (a conda or python.org
+        Python): Set up builds from it (behind a firewall that blocks uv's Python download). Else None."""
+        from KneePipelineLib import envpython
+
+        if not fieldValue:
+            return None
+        try:
+            python = envpython.resolve_python(fieldValue)
+        except Exception:  # noqa: BLE001 - a stale path: Set up brings its own Python
+            return None
+        own = envpython.env_python(envDir)
+        if os.path.realpath(python) in (os.path.realpath(own), os.path.realpath(sys.executable)):
+            return None
+        return python
+
     # -- uv --------------------------------------------------------------------------------------
     @staticmethod
     def uvExecutable(install: bool = True) -> Optional[str]:

@@ -182,14 +182,17 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.running:
             return
         target = self.logic.install.defaultEnvironmentFolder()
+        base = self.logic.install.basePythonChoice(path_or_none(self._parameterNode.pythonEnvironment)
+                                                   if self._parameterNode else None, target)
+        source = ("from the Python you chose (%s)" % base) if base else "with its own Python, downloaded by uv"
         if not slicer.util.confirmOkCancelDisplay(
-                "Create the pipeline environment in\n%s\n\nThis downloads Python, torch and nnU-Net (several GB) "
-                "and takes a while. Slicer's own Python only gets the small 'uv' installer." % target,
+                "Create the pipeline environment in\n%s\n%s.\n\nThis downloads torch and nnU-Net (several GB) "
+                "and takes a while. Slicer's own Python only gets the small 'uv' installer." % (target, source),
                 windowTitle="KneePipeline set-up"):
             return
         self.ui.logTextEdit.clear()
         self.ui.logCollapsibleButton.collapsed = False
-        self._start("setup", "set-up", lambda: self.logic.startEnvironmentSetup(target))
+        self._start("setup", "set-up", lambda: self.logic.startEnvironmentSetup(target, base))
 
     def onCheckEnvButton(self) -> None:
         if not self._parameterNode or self.logic.running:
