@@ -258,6 +258,19 @@ def test_download_fetches_only_allowed_files_and_never_reports_the_token(tmp_pat
     assert SECRET not in record_path(str(cache), "nnunet_fullres").read_text()
 
 
+def test_a_pinned_revision_is_downloaded_and_reported(tmp_path, endpoint):
+    base = get_model("nnunet_fullres")
+    entry = dataclasses.replace(base, source=dataclasses.replace(base.source, revision=COMMIT))
+    cache = tmp_path / "cache"
+    with FakeHub(_repo_files(tmp_path)) as fake:
+        endpoint(fake.url)
+        root = hub.ensure_model(entry, cache_dir=str(cache))
+    assert hub.snapshot_revision(root) == COMMIT
+    state = hub.model_state(entry, cache_dir=str(cache))
+    assert state["revision"] == state["pinned_revision"] == COMMIT and state["downloaded"] is True
+    assert hub.ensure_model(entry, cache_dir=str(cache), offline=True) == root
+
+
 def test_gated_repo_without_access_is_model_gated(tmp_path, endpoint, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     with FakeHub(_repo_files(tmp_path), gated=True) as fake:
