@@ -194,3 +194,143 @@ def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_label
     assert "qdess" in method["method"].lower()
     assert method["params"]["estimator"]  # which estimator ran (no GE gradient tags here: the fallback)
     assert doc["t2"]
+
+
+# -- the late-failure contract, step by step (issue: results.json kept after a late step failed) ----------
+@pytest.fixture(scope="module")
+def coarse_knee_path(tmp_path_factory, sample_labels_path):
+    from bad_inputs import coarse_knee
+
+    return coarse_knee(sample_labels_path, tmp_path_factory.mktemp("knee") / "knee.nrrd")
+
+
+def _analyze_opts(out, knee, **kw):
+    kw.setdefault("report", False)
+    return RunOptions(out_dir=str(out), labels=str(knee), label_convention="canonical", **kw)
+
+
+def _echo_series(folder: Path) -> Path:
+    """Four echoes (4D NIfTI) of a mono-exponential T2 = 40 ms on a small grid."""
+    import SimpleITK as sitk
+
+    tes = np.array([10.0, 20.0, 30.0, 40.0])
+    arr = (1000 * np.exp(-tes / 40.0))[:, None, None, None] * np.ones((4, 10, 12, 14))
+    im = sitk.GetImageFromArray(arr.astype(np.float32), isVector=False)
+    p = folder / "echoes.nii.gz"
+    sitk.WriteImage(im, str(p))
+    return p
+
+
+def _assert_failed_without_results(out: Path, step: str, category: str) -> None:
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"]["category"] == category, m["error"]
+    assert m["steps"][step]["status"] == "failed", m["steps"]
+    for name in ("results.json", "results.csv", "results_bundle.zip"):
+        assert not (out / name).exists(), name
+        assert name not in {o["path"] for o in m["outputs"]}
+    assert not list(out.rglob(".tmp-*")) and not (out / ".work").exists()
+    assert all((out / o["path"]).is_file() for o in m["outputs"])   # what it lists is there
+
+
+LATE_FAILURES = [  # step, file whose write fails (a full disk at that moment), extra options
+    ("morphometry", "*.vtp", {}),
+    ("t2", "t2_ms.nii.gz", {"echo_times_ms": [10.0, 20.0, 30.0, 40.0]}),
+    ("results", "results.json", {}),    # results.csv is already written when results.json fails
+    ("bundle", "results_bundle.zip", {}),
+]
+
+
+@pytest.mark.parametrize("step,pattern,extra", LATE_FAILURES, ids=[s for s, _, _ in LATE_FAILURES])
+def test_a_step_failing_late_leaves_no_results(step, pattern, extra, tmp_path, coarse_knee_path):
+    from KneePipelineLib.errors import OutputUnwritableError
+    from KneePipelineLib.io.writers import simulated_write_failure
+
+    if step == "t2":
+        extra = dict(extra, echoes=[str(_echo_series(tmp_path))])
+    out = tmp_path / "out"
+    with simulated_write_failure(pattern), pytest.raises(OutputUnwritableError):
+        run(_analyze_opts(out, coarse_knee_path, **extra))
+    _assert_failed_without_results(out, step, "output_unwritable")
+
+
+def test_input_and_segmentation_failures_leave_no_results(tmp_path):
+    import SimpleITK as sitk
+
+    from KneePipelineLib.errors import InputUnreadableError, InsufficientMemoryError
+    from KneePipelineLib.resources import simulated_available_memory
+
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"\0" * 40)
+    with pytest.raises(InputUnreadableError):
+        run(RunOptions(out_dir=str(tmp_path / "a"), labels=str(bad), report=False))
+    _assert_failed_without_results(tmp_path / "a", "input", "input_unreadable")
+    img = tmp_path / "img.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)), str(img))
+    with simulated_available_memory(50_000_000), pytest.raises(InsufficientMemoryError):
+        run(RunOptions(out_dir=str(tmp_path / "b"), image=str(img), report=False))
+    _assert_failed_without_results(tmp_path / "b", "segmentation", "insufficient_memory")
+
+
+def test_reruns_never_leave_stale_outputs(tmp_path, coarse_knee_path):
+    from KneePipelineLib.manifest import OutputEntry, load_manifest
+
+    out = tmp_path / "out"
+    run(_analyze_opts(out, coarse_knee_path))
+    # the earlier run also wrote a report (listed in its manifest; written here to keep the test fast)
+    first = load_manifest(str(out))
+    (out / "report").mkdir()
+    (out / "report" / "report.html").write_text("<html>old</html>")
+    first.add(OutputEntry(path="report/report.html", kind="report", step="report"))
+    first.write(str(out))
+    # a rerun with other options: the old report/ does not stay beside the new results
+    second = run(_analyze_opts(out, coarse_knee_path, report=False, mesh_format="vtk"))
+    assert not (out / "report").exists() and not list((out / "meshes").glob("*.vtp"))
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".kneepipeline.lock"} \
+        == {o.path for o in second.outputs} | {"manifest.json"}
+    # a failed rerun: no old meshes, report or results beside the failed manifest
+    bad = tmp_path / "bad.nrrd"
+    bad.write_bytes(b"NRRD0004\n")
+    with pytest.raises(Exception):
+        run(_analyze_opts(out, bad))
+    assert sorted(p.name for p in out.iterdir()) == [".kneepipeline.lock", "manifest.json"]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_keeps_its_success(tmp_path, coarse_knee_path):
+    from KneePipelineLib.errors import BusyError
+    from KneePipelineLib.io.writers import RunFolderLock
+
+    out = tmp_path / "out"
+    run(_analyze_opts(out, coarse_knee_path))
+    def state():
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".kneepipeline.lock"}
+    before = state()
+    with RunFolderLock(out):          # another run is working in this folder
+        with pytest.raises(BusyError):
+            run(_analyze_opts(out, coarse_knee_path))
+    assert state() == before
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_run_after_a_killed_one_says_so(tmp_path, coarse_knee_path):
+    from KneePipelineLib.manifest import Manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    Manifest(created="2026-01-01T00:00:00", process={"pid": 999999999, "host": "elsewhere"}).write(str(out))
+    (out / "results.json").write_text("{}")       # what a run killed between results and bundle leaves
+    m = run(_analyze_opts(out, coarse_knee_path))
+    assert m.status == "complete" and m.process["pid"] == os.getpid()
+    assert any("ended without finishing" in w for w in m.warnings)
+    assert json.loads((out / "results.json").read_text())["regions"]
+
+
+def test_output_in_the_input_files_own_folder_is_refused(tmp_path, coarse_knee_path):
+    import shutil
+
+    from KneePipelineLib.errors import OutputUnwritableError
+
+    knee = Path(shutil.copy(coarse_knee_path, tmp_path / "knee.nrrd"))
+    with pytest.raises(OutputUnwritableError, match="folder of the input"):
+        run(_analyze_opts(tmp_path, knee))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["knee.nrrd"]

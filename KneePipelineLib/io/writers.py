@@ -49,6 +49,29 @@ def simulated_free_space(free_bytes: Optional[int]) -> Iterator[None]:
         _SIMULATED_FREE_BYTES = old
 
 
+_SIMULATED_FAILURES: list = []
+
+
+@contextlib.contextmanager
+def simulated_write_failure(name_pattern: str, error: int = errno.ENOSPC) -> Iterator[None]:
+    """Within the block, writing a file whose name matches ``name_pattern`` (fnmatch) fails as the OS
+    would with ``error`` (default: disk full) — a hostile machine at one precise moment of a run."""
+    entry = (name_pattern, error)
+    _SIMULATED_FAILURES.append(entry)
+    try:
+        yield
+    finally:
+        _SIMULATED_FAILURES.remove(entry)
+
+
+def _simulated_failure(final: Path) -> None:
+    import fnmatch
+
+    for pattern, code in list(_SIMULATED_FAILURES):
+        if fnmatch.fnmatch(final.name, pattern):
+            raise OSError(code, os.strerror(code), str(final))
+
+
 def free_bytes(folder: PathLike) -> int:
     """Bytes a non-root user may still write in ``folder``'s file system."""
     if _SIMULATED_FREE_BYTES is not None:
@@ -118,6 +141,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], expected_bytes: i
     tmp = Path(tmp_name)
     try:
         try:
+            _simulated_failure(final)
             write(tmp)
         except KneePipelineError:
             raise

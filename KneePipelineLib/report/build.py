@@ -4,7 +4,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,27 +53,19 @@ class _Writer:
     def save(self, fig, name: str, dpi: int = 100) -> str:
         import matplotlib.pyplot as plt
 
-        final = self.rep_dir / name
-        tmp = final.with_name(".tmp-" + name)
+        from ..io.writers import atomic_write
+
         try:
-            fig.savefig(tmp, format="png", dpi=dpi)
-            os.replace(tmp, final)
+            atomic_write(self.rep_dir / name, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
         finally:
             plt.close(fig)
-            if tmp.exists():
-                tmp.unlink()
         self.written.append(name)
         return name
 
     def text(self, name: str, text: str) -> str:
-        final = self.rep_dir / name
-        tmp = final.with_name(".tmp-" + name)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from ..io.writers import atomic_write_text
+
+        atomic_write_text(self.rep_dir / name, text)
         self.written.append(name)
         return name
 
