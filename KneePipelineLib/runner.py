@@ -73,6 +73,8 @@ def child_environment(base: Optional[Mapping[str, str]] = None, pythonpath: Sequ
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["KNEEPIPELINE_ECHO_EVENTS"] = "0"   # warnings/logs arrive as events; don't repeat them on stderr
+    # Apple Silicon: operations torch's MPS backend lacks run on the CPU instead of failing the run
+    env.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     env["KNEEPIPELINE_PROGRESS"] = "json"   # the protocol, never the terminal's progress bar (progress.py)
     for key in ("PYTHONHOME", "PYTHONSTARTUP"):   # never inherit another interpreter's home
         if base is None:

@@ -190,6 +190,8 @@ def test_child_environment_prepends_pythonpath_and_is_unbuffered():
     env = R.child_environment({"PYTHONPATH": "/old", "PATH": "/bin"}, ["/lib/parent"])
     assert env["PYTHONPATH"].split(os.pathsep) == ["/lib/parent", "/old"]
     assert env["PYTHONUNBUFFERED"] == "1" and env["PATH"] == "/bin"
+    assert env["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"     # device auto / mps: CPU for what MPS lacks
+    assert R.child_environment({"PYTORCH_ENABLE_MPS_FALLBACK": "0"})["PYTORCH_ENABLE_MPS_FALLBACK"] == "0"
     assert R.pipeline_command("/py", ["run", "--out", "o"]) == ["/py", "-u", "-m", "KneePipelineLib", "run", "--out", "o"]
 
 
