@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 # Exit codes are stable: scripts and the Slicer module may rely on them.
 EXIT_CODES = {
+    "usage": 2,                  # an argument the command line parser refused (argparse's own exit code)
     "input_unreadable": 10,
     "unsupported_format": 11,
     "dicom_problem": 12,
@@ -145,6 +146,13 @@ class BusyError(KneePipelineError):
 class ConfigurationError(KneePipelineError):
     category = "configuration"
     default_hint = "Check the command-line options (kneepipeline --help)."
+
+
+class UsageError(KneePipelineError):
+    """The command line itself: an unknown option, a missing argument, a value of the wrong type."""
+
+    category = "usage"
+    default_hint = "See `kneepipeline COMMAND --help` (it starts with examples)."
 
 
 class PipelineTimeoutError(KneePipelineError):
