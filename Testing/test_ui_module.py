@@ -347,3 +347,36 @@ def test_segmentation_without_tissue_names_is_a_label_convention_error(mod):
         mod.segmentation_to_canonical_labelmap(seg)
     assert "femur" in info.value.hint
     assert scene.GetNumberOfNodes() == before
+
+
+# -- "Try with sample data": the module's two jobs, the real CLI, the results in a real scene -------------
+@pytest.mark.slow
+def test_try_with_sample_data_runs_the_existing_segmentation_path(mod, tmp_path, monkeypatch):
+    """KneePipelineLogic.startSampleData (the `sample-data` command, found in ../shared/data here) then
+    startSampleRun (analyze on the sample label map) with this interpreter as the pipeline environment;
+    the results load into a real MRML scene. Stood in: slicer.app (temporary folder) and the startup
+    environment (Slicer's launcher), both Slicer application parts."""
+    import os
+
+    scene = slicer.vtkMRMLScene()
+    app = types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp"))
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    python = sys.executable    # the pipeline environment; "Slicer's Python" (refused as one) is elsewhere
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "Slicer" / "bin" / "PythonSlicer"))
+    logic = mod.KneePipelineLogic()
+    params = _params(mod, outputDirectory=tmp_path / "runs")
+    job = logic.startSampleData(params, python=python)
+    status = job.wait(timeout=300)
+    assert status.state == "complete", status.error
+    folder = status.result["sample_data"]
+    job = logic.startSampleRun(params, folder, python=python)
+    assert job.command[job.command.index("--label-convention") + 1] == "pymskt"
+    status = job.wait(timeout=600)
+    assert status.state == "complete", status.error
+    assert os.path.dirname(logic.outDir) == str(tmp_path / "runs") and "sample-knee" in logic.outDir
+    loaded = mod.KneePipelineLogic.loadResults(logic, logic.outDir)
+    assert loaded.laterality == "right" and loaded.chart is not None and loaded.report_path
+    seg = loaded.segmentation.GetSegmentation()
+    assert seg.GetSegmentIdBySegmentName("femoral_cartilage") and "femur" in loaded.models
