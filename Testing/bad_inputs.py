@@ -8,8 +8,6 @@ real knee label map (``data["knee"]``, 128 x 128 x 80 voxels: analyzed in ~3 s).
 from __future__ import annotations
 
 import contextlib
-import gzip
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,0 +1,140 @@
+"""Soak: 50 runs (29 in this process, 1 in a subprocess SIGKILLed while meshing, 20 in a Dask worker) into a few
+shared folders with random faults (a bad input file or label map, a full disk at a random output, a small
+machine, a step time limit, a SIGKILL). Afterwards every
+folder is either complete and correct (the same numbers as a clean run) or failed with a reason: none
+``running``, none half-written (no temporary files, nothing beyond what its manifest lists)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from KneePipelineLib.errors import KneePipelineError
+from KneePipelineLib.io.writers import simulated_write_failure
+from KneePipelineLib.manifest import effective_status, load_manifest
+from KneePipelineLib.options import RunOptions
+from KneePipelineLib.pipeline import run
+from KneePipelineLib.resources import simulated_available_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_PATTERNS = ["labels.nii.gz", "regions.nii.gz", "*.vtp", "femur.vtp", "results.csv", "results.json",
+                   "results_bundle.zip"]
+FAULTS = ["none", "bad_file", "disk_full", "disk_full", "small_machine", "bad_map", "step_timeout"]
+
+
+@pytest.fixture(scope="module")
+def knee(tmp_path_factory, sample_labels_path):
+    from bad_inputs import coarse_knee
+
+    d = tmp_path_factory.mktemp("soak-inputs")
+    good = coarse_knee(sample_labels_path, d / "knee.nrrd")
+    bad = d / "cut-knee.nrrd"
+    bad.write_bytes(good.read_bytes()[: int(good.stat().st_size * 0.9)])
+    bad_map = d / "map.json"
+    bad_map.write_text('{"7": "femur", "7": "tibia"}')
+    return good, bad, bad_map
+
+
+def one_run(out: Path, fault: str, rng: random.Random, knee) -> str:
+    """One run with ``fault`` injected; returns the error category or 'complete'."""
+    good, bad, bad_map = knee
+    opts = dict(out_dir=str(out), labels=str(good), label_convention="canonical", report=False)
+    ctx = simulated_write_failure("no-such-file")
+    if fault == "bad_file":
+        opts["labels"] = str(bad)
+    elif fault == "bad_map":
+        opts["label_convention"] = str(bad_map)
+    elif fault == "disk_full":
+        ctx = simulated_write_failure(rng.choice(OUTPUT_PATTERNS))
+    elif fault == "small_machine":
+        ctx = simulated_available_memory(200_000_000)
+    elif fault == "step_timeout":
+        opts["step_timeouts_s"] = {"morphometry": 0.05}
+    try:
+        with ctx:
+            run(RunOptions(**opts))
+        return "complete"
+    except KneePipelineError as exc:
+        return exc.category
+
+
+def check_folder(out: Path, reference: dict) -> str:
+    """The folder is complete and correct, or failed with a reason; never running or half-written."""
+    m = load_manifest(str(out))
+    assert effective_status(str(out), m) in ("complete", "failed", "cancelled"), m.status
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not [f for f in files if "/.tmp-" in "/" + f] and not (out / ".work").exists(), files
+    assert files - {"manifest.json", ".kneepipeline.lock"} == {o.path for o in m.outputs}, files
+    if m.status == "complete":
+        doc = json.loads((out / "results.json").read_text())
+        assert {r["name"]: r["thickness_mean_mm"] for r in doc["regions"]} == reference
+        assert doc["laterality"]["side"] == "right"
+    else:
+        assert m.error and m.error["category"] and m.error["message"]
+        assert not {"results.json", "results.csv", "results_bundle.zip"} & files
+    return m.status
+
+
+@pytest.mark.slow
+def test_soak_in_one_process_and_a_killed_run(tmp_path, knee):
+    rng = random.Random(16)
+    folders = [tmp_path / ("knee%d" % i) for i in range(6)]
+    assert one_run(folders[0], "none", rng, knee) == "complete"
+    reference = {r["name"]: r["thickness_mean_mm"]
+                 for r in json.loads((folders[0] / "results.json").read_text())["regions"]}
+    outcomes = {}
+    for n in range(27):
+        fault = rng.choice(FAULTS)
+        got = one_run(folders[n % len(folders)], fault, rng, knee)
+        outcomes.setdefault(fault, set()).add(got)
+    assert outcomes.get("none", {"complete"}) == {"complete"}
+    assert {"input_unreadable"} == outcomes.get("bad_file", {"input_unreadable"})
+    # a SIGKILL in the middle of meshing: the folder says running; readers see it interrupted
+    killed = folders[1]
+    proc = subprocess.Popen([sys.executable, "-m", "KneePipelineLib", "analyze", "--labels", str(knee[0]),
+                             "--label-convention", "canonical", "--no-report", "--out", str(killed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if json.loads(line).get("step") == "morphometry":
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert load_manifest(str(killed)).status == "running"
+    assert effective_status(str(killed)) == "interrupted"
+    # the next run in that folder takes over and says what happened
+    assert one_run(killed, "none", rng, knee) == "complete"
+    assert any("ended without finishing" in w for w in load_manifest(str(killed)).warnings)
+    statuses = [check_folder(f, reference) for f in folders]
+    assert "complete" in statuses
+
+
+@pytest.mark.slow
+def test_soak_in_a_dask_worker(tmp_path, knee):
+    from dask.distributed import Client, LocalCluster
+
+    rng = random.Random(20)
+    folders = [tmp_path / ("knee%d" % i) for i in range(4)]
+    faults = ["none"] + [rng.choice(["bad_file", "bad_map", "disk_full", "small_machine", "none"])
+                         for _ in range(19)]
+    seeds = [rng.random() for _ in faults]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        futures = [client.submit(one_run, folders[n % len(folders)], f, random.Random(s), knee, pure=False)
+                   for n, (f, s) in enumerate(zip(faults, seeds))]
+        results = client.gather(futures)
+    assert results[0] == "complete"
+    assert all(r == "complete" for f, r in zip(faults, results) if f == "none")
+    assert all(r != "complete" for f, r in zip(faults, results) if f in ("bad_file", "bad_map", "small_machine"))
+    reference = None
+    for f in folders:
+        m = load_manifest(str(f))
+        if m.status == "complete":
+            reference = {r["name"]: r["thickness_mean_mm"] for r in json.loads((f / "results.json").read_text())["regions"]}
+            break
+    assert reference is not None
+    for f in folders:
+        check_folder(f, reference)
