@@ -45,7 +45,7 @@ from . import __version__
 from .errors import ConfigurationError, InternalError, KneePipelineError, OutputUnwritableError, classify
 from .manifest import MANIFEST_NAME, atomic_write_text, load_manifest, now_iso
 from .options import RunOptions
-from .progress import Progress
+from .progress import JSON_FACE, Progress
 
 log = logging.getLogger("kneepipeline.batch")
 
@@ -336,17 +336,6 @@ def _empty_folder(path: Path, opts: RunOptions) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-class _KneeProgress(Progress):
-    """Events only: the driver prints the knees' warnings on its stderr, prefixed with the knee id."""
-
-    def log(self, message: str) -> None:
-        self.emit("log", message=message)
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-        self.emit("warning", message=message)
-
-
 def run_knee(knee_id: str, options: Dict[str, Any], topic: Optional[str] = None, gpu_slots: int = 0,
              tasks_per_gpu: int = 1, local_gpu_offset: bool = False, step_interval_s: float = 0.5) -> Dict[str, Any]:
     """One knee: empty its folder, call :func:`pipeline.run`, return a small outcome dict.
@@ -381,7 +370,8 @@ def run_knee(knee_id: str, options: Dict[str, Any], topic: Optional[str] = None,
         except Exception:  # noqa: BLE001 - progress must never fail a knee
             pass
 
-    progress = _KneeProgress(tags={"knee_id": knee_id}, sink=forward)
+    # a knee asks for the protocol: events only (the driver shows its warnings, prefixed with the knee id)
+    progress = Progress(tags={"knee_id": knee_id}, sink=forward, face=JSON_FACE)
     t0 = time.time()
     outcome: Dict[str, Any] = {"id": knee_id, "worker": address, "pid": os.getpid(), "started": t0}
     progress.emit("knee", status="started", worker=address, pid=os.getpid())
@@ -612,15 +602,8 @@ class CohortProgress:
                 self.on_event(event)
             except Exception:  # noqa: BLE001
                 log.exception("on_event callback failed")
-        p = self.progress
-        if p is None:
-            return
-        if p.sink is not None:
-            p.sink(event)
-        elif p.enabled:
-            stream = p.stream or sys.stdout
-            stream.write(json.dumps(event, separators=(",", ":")) + "\n")
-            stream.flush()
+        if self.progress is not None:
+            self.progress.deliver(event)
 
     def worker_event(self, item: Any) -> None:
         """Handler for events forwarded from workers: ``(timestamp, event)``."""

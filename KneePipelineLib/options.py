@@ -12,6 +12,9 @@ DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 MESH_FORMATS = ("vtp", "vtk")
 CHECKPOINTS = ("best", "final")
 QDESS_KEYS = ("tr_ms", "te_ms", "flip_deg", "tg_us", "gl_area", "t1_ms", "diffusivity_m2_s")
+# The pipeline's steps, in order (pipeline.STEPS must match; Testing/test_cli_errors.py checks it): the names
+# --step-timeout accepts.
+STEP_NAMES = ("input", "segmentation", "morphometry", "t2", "nsm", "results", "report", "bundle")
 # `run` flags that are not "--" + the field name (commands/_common.py); to_argv must use the CLI's spelling.
 CLI_FLAGS = {"timeout_s": "--timeout"}
 CLI_BOOL_FLAGS = {"t2_drop_first_echo": {False: "--keep-first-echo"}}
@@ -62,6 +65,7 @@ class RunOptions:
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> "RunOptions":
+        self._validate_numbers()
         if not self.out_dir:
             raise ConfigurationError("No output folder given.", hint="Pass --out DIR.")
         if not self.image and not self.labels:
@@ -96,9 +100,49 @@ class RunOptions:
                                      hint="Use: %s." % ", ".join(QDESS_KEYS))
         self._validate_t2_stats_range()
         for step, limit in (self.step_timeouts_s or {}).items():
+            if step not in STEP_NAMES:
+                raise ConfigurationError("--step-timeout names no step of the pipeline: %r." % step,
+                                         hint="Use one of: %s (e.g. --step-timeout segmentation=900)."
+                                              % ", ".join(STEP_NAMES))
             if not limit or limit <= 0:
                 raise ConfigurationError("The time limit of step %r must be positive." % step)
         return self
+
+    def _validate_numbers(self) -> None:
+        """Every number a finite value of its type, counts at least 1: a clear message naming the option
+        (NaN compares false with every bound, so it is refused here, before any bound check)."""
+        import math
+
+        flags = dict(CLI_FLAGS, step_timeouts_s="--step-timeout", qdess_params="--qdess-param")
+
+        def flag(name: str) -> str:
+            return flags.get(name, "--" + name.replace("_", "-"))
+
+        def finite(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigurationError("%s must be a finite number, got %r." % (flag(name), value),
+                                         hint="Give a plain number (not nan or inf); see kneepipeline run --help.")
+
+        for name in ("bone_smooth_var_mm2", "cartilage_smooth_var_mm2", "step_size"):
+            finite(name, getattr(self, name))
+        for name in ("timeout_s",):
+            if getattr(self, name) is not None:
+                finite(name, getattr(self, name))
+        for name in ("threads", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigurationError("%s must be a whole number of at least 1, got %r." % (flag(name), value),
+                                         hint="Leave %s out to use the default." % flag(name))
+        for name in ("nsm_iterations", "nsm_samples", "nsm_patience", "nsm_mesh_resolution", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError("%s must be a whole number, got %r." % (flag(name), value))
+        for step, limit in (self.step_timeouts_s or {}).items():
+            finite("step_timeouts_s", limit)
+        for key, value in (self.qdess_params or {}).items():
+            finite("qdess_params", value)
+        for value in self.echo_times_ms or []:
+            finite("echo_times_ms", value)
 
     def _validate_t2_stats_range(self) -> None:
         import math

@@ -1,8 +1,15 @@
 """`kneepipeline batch`: a cohort CSV, one Dask task per knee (local cluster, scheduler address, SLURM, PBS)."""
-from ._common import add_mesh_args, add_model_args, add_nsm_args, options_from_args
+from ._common import LIMITS, OUTPUT, add_mesh_args, add_model_args, add_nsm_args, group, options_from_args
 
 NAME = "batch"
 HELP = "run a cohort (CSV, one knee per row) on Dask: locally, on a scheduler, SLURM or PBS"
+USAGE = "COHORT.csv --out DIR [options]"
+EXAMPLES = [
+    "kneepipeline batch cohort.csv --out cohort_out",
+    "kneepipeline batch cohort.csv --out cohort_out --scheduler slurm --workers 8 --gpus-per-worker 1 "
+    "--queue gpu --walltime 04:00:00",
+    "kneepipeline batch cohort.csv --out cohort_out --retry-failed --dry-run",
+]
 DESCRIPTION = """\
 Run the whole pipeline for every knee of COHORT.csv, one Dask task per knee, each in DIR/knees/<id>.
 
@@ -20,8 +27,10 @@ Outputs: DIR/cohort_results.csv and .parquet (one row per knee: status, error, l
 measure, version, seconds), DIR/cohort_summary.json (counts, timings, throughput) and the cohort QC
 report DIR/cohort_report.html. Exit status 0 when no knee failed, 1 otherwise. Ctrl-C or SIGTERM stops
 the batch and still writes the tables; running the command again resumes.
-stdout: JSON-lines events ("knee" per knee start/finish, the knees' own step events tagged with
-knee_id, "cohort" counters); stderr: a one-line cohort status with an ETA.
+At a terminal: a cohort progress bar on stderr (knees done, failed, running, ETA; failures and
+warnings printed above it). Piped, or with --progress json: JSON-lines events on stdout ("knee" per
+knee start/finish, the knees' own step events tagged with knee_id, "cohort" counters) and a one-line
+cohort status on stderr.
 """
 
 
@@ -30,7 +39,8 @@ def add_arguments(p):
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("cohort", help="cohort CSV (one knee per row)")
-    p.add_argument("--out", required=True, help="batch folder: knees/<id>/ plus the cohort tables")
+    group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR",
+                                  help="batch folder: knees/<id>/ plus the cohort tables")
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", default="local",
                    help="local (default: a Dask cluster on this machine), slurm or pbs (needs dask-jobqueue), "
@@ -70,9 +80,9 @@ def add_arguments(p):
     add_model_args(p)
     add_mesh_args(p)
     add_nsm_args(p)
-    c = p.add_argument_group("run control")
-    c.add_argument("--no-report", dest="report", action="store_false", help="skip the per-knee QC reports")
-    c.add_argument("--timeout", dest="timeout_s", type=float,
+    group(p, OUTPUT).add_argument("--no-report", dest="report", action="store_false",
+                                  help="skip the per-knee QC reports")
+    group(p, LIMITS).add_argument("--timeout", dest="timeout_s", type=float, metavar="SECONDS",
                    help="per-knee time limit in seconds (enforced only where the run owns the main thread; "
                         "not on Dask worker threads)")
 
@@ -117,11 +127,29 @@ def main(args, progress):
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
+        # the bar shows the cohort's progress itself; without one, a status line on stderr does
         result = run_batch(jobs, args.out, spec, retry_failed=args.retry_failed, progress=progress,
-                           status_stream=sys.stderr, retries=args.retries, cohort_csv=args.cohort)
+                           status_stream=None if progress.face.bar else sys.stderr, retries=args.retries,
+                           cohort_csv=args.cohort)
     finally:
         signal.signal(signal.SIGTERM, old)
-    c = result.summary["counts_by_status"]
-    sys.stderr.write("Cohort: %s -> %s\n" % (", ".join("%d %s" % (n, s) for s, n in c.items()),
-                                            result.paths.get("cohort_csv")))
+    progress.outcome = {"status": "complete" if result.ok else "failed", "out_dir": str(args.out),
+                        "counts": result.summary["counts_by_status"], **result.paths}
+    progress.say(_summary(result))
     return 0 if result.ok else 1
+
+
+def _summary(result) -> str:
+    """Counts by status, the failed knees (first ten), throughput, where the tables are."""
+    s = result.summary
+    lines = ["", "kneepipeline batch: %s" % ", ".join("%d %s" % (n, st) for st, n in s["counts_by_status"].items())]
+    failed = [r for r in result.rows if r.get("status") in ("failed", "cancelled")]
+    for r in failed[:10]:
+        lines.append("  %-20s %s (%s): %s" % (r.get("id"), r.get("status"), r.get("error_category"),
+                                             r.get("error_message")))
+    if len(failed) > 10:
+        lines.append("  ... %d more in the table" % (len(failed) - 10))
+    for key, label in (("cohort_csv", "Table:   "), ("cohort_summary", "Summary: "), ("cohort_report", "Report:  ")):
+        if result.paths.get(key):
+            lines.append("%s %s" % (label, result.paths[key]))
+    return "\n".join(lines)

@@ -1,17 +1,20 @@
 """`kneepipeline doctor`: what this machine can run (Python, torch, GPU, nnU-Net, models present)."""
 from __future__ import annotations
 
-import json
 import platform
 import sys
 
 NAME = "doctor"
 HELP = "check the installation: python, torch, CUDA/MPS, GPU memory, nnU-Net, models present"
+USAGE = "[--cache-dir DIR] [--json]"
+EXAMPLES = [
+    "kneepipeline doctor",
+    "kneepipeline doctor --json | jq .accelerators",
+]
 
 
 def add_arguments(p):
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument("--cache-dir", help="model cache to inspect")
+    p.add_argument("--cache-dir", metavar="DIR", help="model cache to inspect")
 
 
 def _version(mod_name: str):
@@ -54,22 +57,28 @@ def collect(cache_dir=None) -> dict:
     return rep
 
 
-def main(args, progress) -> int:
-    rep = collect(args.cache_dir)
-    if args.json:
-        sys.stdout.write(json.dumps(rep, indent=2) + "\n")
-        return 0
-    w = sys.stderr.write
-    w("KneePipeline %s, Python %s on %s\n" % (rep["kneepipeline"], rep["python"], rep["platform"]))
+def human_report(rep: dict) -> str:
+    lines = ["KneePipeline %s, Python %s on %s" % (rep["kneepipeline"], rep["python"], rep["platform"])]
     for n, v in rep["packages"].items():
-        w("  %-16s %s\n" % (n, v or "NOT INSTALLED"))
+        lines.append("  %-16s %s" % (n, v or "NOT INSTALLED"))
     acc = rep["accelerators"]
-    w("CUDA: %s%s; MPS: %s; inference device (auto): %s\n" % (
+    lines.append("CUDA: %s%s; MPS: %s; inference device (auto): %s" % (
         "yes" if acc.get("cuda") else "no", (" (CUDA %s)" % acc.get("cuda_version")) if acc.get("cuda") else "",
         "yes" if acc.get("mps") else "no", rep["device_auto"]))
     for d in acc.get("devices", []):
-        w("  GPU %d: %s, %.1f GB (%.1f GB free)\n" % (d["index"], d["name"], d["memory_gb"], d["free_gb"]))
-    w("Model cache: %s\n" % rep["cache_dir"])
+        lines.append("  GPU %d: %s, %.1f GB (%.1f GB free)" % (d["index"], d["name"], d["memory_gb"], d["free_gb"]))
+    lines.append("Model cache: %s" % rep["cache_dir"])
     for mid, st in rep["models"].items():
-        w("  %-22s %s\n" % (mid, st["path"] if st["downloaded"] and st["path"] else "not downloaded"))
+        lines.append("  %-22s %s" % (mid, st["path"] if st["downloaded"] and st["path"] else "not downloaded"))
+    return "\n".join(lines)
+
+
+def main(args, progress) -> int:
+    from .. import __version__
+
+    progress.hello(NAME, __version__)
+    rep = collect(args.cache_dir)
+    progress.result(**rep)                 # the report is the result (``--json``: alone on stdout)
+    progress.outcome = rep
+    progress.say(human_report(rep))
     return 0

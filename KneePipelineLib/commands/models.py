@@ -6,6 +6,13 @@ import sys
 
 NAME = "models"
 HELP = "list the models (downloaded? verified? where?) and download them"
+USAGE = "[--download ID [ID ...]] [--check DIR] [--json] [options]"
+EXAMPLES = [
+    "kneepipeline models",
+    "kneepipeline models --download nnunet_fullres",
+    "kneepipeline models --check ~/models/Dataset500_KneeMRI --model nnunet_fullres",
+    "kneepipeline models --json | jq -r '.[] | select(.downloaded) | .id'",
+]
 
 
 def add_arguments(p):

@@ -10,6 +10,13 @@ NAME = "nsm"
 HELP = "fit the femur neural shape model (NSM) to a femur mesh and compute the B-score"
 DESCRIPTION = (HELP + ". Writes nsm.json (strict JSON: latent, bscore, transform, ASSD, iterations, seconds) and "
                "nsm_<object>.vtp meshes in patient mm (LPS).")
+USAGE = "(--labels LABELS | --femur FEMUR.vtk [--cartilage CART.vtk]) --nsm-dir DIR --out DIR [options]"
+EXAMPLES = [
+    "kneepipeline nsm --labels knee_labels.nii.gz --nsm-dir models/nsm_bone_cartilage --bscore-dir "
+    "models/bscore_bone_cartilage --out nsm/knee01",
+    "kneepipeline nsm --femur femur.vtk --laterality right --nsm-dir models/nsm_bone_only --mesh-resolution 0 "
+    "--out nsm/knee01",
+]
 
 
 def add_arguments(p) -> None:
@@ -138,5 +145,10 @@ def main(args, progress) -> int:
         json.dump(result, fh, indent=2, allow_nan=False)
     os.replace(tmp, out / "nsm.json")
     progress.step("write", 1.0, "done")
-    progress.emit("result", status="complete", out_dir=str(out), manifest=None)
+    progress.result(out_dir=str(out), manifest=None)
+    progress.outcome = dict(progress.outcome or {}, nsm=result)
+    progress.say("\nkneepipeline nsm: %s fit of the %s femur%s\nFiles in %s: nsm.json%s" % (
+        ", ".join(model.object_names), laterality,
+        "; B-score %.2f" % result["bscore"] if result.get("bscore") is not None else "",
+        out.resolve(), "".join(", " + f for f in files.values())))
     return 0

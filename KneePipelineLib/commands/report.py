@@ -3,16 +3,22 @@ from __future__ import annotations
 
 NAME = "report"
 HELP = "build the quality-control report of a run (or of a cohort with --cohort)"
+USAGE = "RUN_DIR | --cohort COHORT_CSV [--out DIR]"
+EXAMPLES = [
+    "kneepipeline report runs/knee01",
+    "kneepipeline report --cohort cohort_out/cohort_results.csv --out cohort_out/report",
+]
 
 
 def add_arguments(p):
+    from ._common import INPUT, OUTPUT, group
+
     p.add_argument("run_dir", nargs="?", help="run folder (holds manifest.json)")
-    p.add_argument("--cohort", metavar="COHORT_CSV", help="cohort_results.csv from `kneepipeline batch`")
-    p.add_argument("--out", help="output folder of the cohort report")
+    group(p, INPUT).add_argument("--cohort", metavar="COHORT_CSV", help="cohort_results.csv from `kneepipeline batch`")
+    group(p, OUTPUT).add_argument("--out", metavar="DIR", help="output folder of the cohort report")
 
 
 def main(args, progress):
-    import sys
     from pathlib import Path
 
     from ..errors import InvalidInputError
@@ -25,7 +31,7 @@ def main(args, progress):
         progress.hello(NAME, _version())
         path = build_cohort_report(Path(args.cohort), out)
         progress.result(report=str(path))
-        sys.stderr.write("Cohort report: %s\n" % path)
+        progress.say("\nkneepipeline report: cohort report of %s\nReport:   %s" % (args.cohort, path))
         return 0
     if not args.run_dir:
         raise InvalidInputError("Give a run folder, or --cohort COHORT_CSV --out DIR.",
@@ -47,7 +53,7 @@ def main(args, progress):
     manifest.steps["report"] = {"status": "complete"}
     manifest.write(str(run_dir))
     progress.result(report=str(path), manifest=str(run_dir / MANIFEST_NAME))
-    sys.stderr.write("Report: %s\n" % path)
+    progress.say("\nkneepipeline report: QC report of %s\nReport:   %s" % (run_dir, path))
     return 0
 
 

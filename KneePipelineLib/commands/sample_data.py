@@ -1,6 +1,11 @@
 """`kneepipeline sample-data`: fetch the real sample knee data (mskt 0.1.22 sdist from PyPI)."""
 NAME = "sample-data"
 HELP = "download the real sample knee data (label map, MESE T2 series, femur meshes) into a cache"
+USAGE = "[--cache DIR] [--archive mskt-0.1.22.tar.gz]"
+EXAMPLES = [
+    "kneepipeline sample-data",
+    "kneepipeline sample-data --cache ~/knee-sample --json | jq -r .sample_data",
+]
 
 
 def add_arguments(p):
@@ -11,7 +16,6 @@ def add_arguments(p):
 
 
 def main(args, progress):
-    import sys
     from pathlib import Path
 
     from ..sample_data import ensure_sample_data
@@ -21,5 +25,5 @@ def main(args, progress):
                                 Path(args.archive) if args.archive else None, args.use_shared,
                                 progress=progress.sub("sample-data"))
     progress.result(sample_data=str(folder))
-    sys.stderr.write("Sample data: %s\n" % folder)
+    progress.say("\nkneepipeline sample-data: the real sample knee (pymskt / mskt 0.1.22)\nSample data: %s" % folder)
     return 0

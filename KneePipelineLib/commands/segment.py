@@ -3,23 +3,27 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-from ._common import add_model_args, options_from_args
+from ._common import INPUT, OUTPUT, add_model_args, group, options_from_args
 
 NAME = "segment"
 HELP = "segment a knee MRI with a registry model (writes OUT/segmentation.nii.gz)"
 DESCRIPTION = ("Segment a knee MRI (NIfTI, NRRD, DICOM folder or zip) with a model from `kneepipeline models`. "
                "Writes OUT/segmentation.nii.gz (canonical labels, the input's exact geometry) and "
                "OUT/segmentation.json (model provenance).")
+USAGE = "--image MRI --out DIR [options]"
+EXAMPLES = [
+    "kneepipeline segment --image knee_dess.nii.gz --out seg/knee01",
+    "kneepipeline segment --image dicom/knee01/ --model dosma_sagittal --device cpu --out seg/knee01",
+]
 STEPS = [("read", 1.0), ("segment", 20.0), ("write", 1.0)]
 
 
 def add_arguments(p):
-    p.add_argument("--image", required=True, help="the knee MRI")
-    p.add_argument("--out", required=True, help="output folder")
+    group(p, INPUT).add_argument("--image", required=True, help="the knee MRI (NIfTI, NRRD, DICOM folder/zip)")
     add_model_args(p)
+    group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR", help="output folder")
 
 
 def main(args, progress) -> int:
@@ -50,5 +54,9 @@ def main(args, progress) -> int:
     os.replace(tmp, out / "segmentation.json")
     progress.step("write", 1.0, "wrote %s" % seg_path)
     progress.result(out_dir=str(out), segmentation=str(seg_path))
-    sys.stderr.write("Segmentation: %s\n" % seg_path)
+    progress.outcome = dict(progress.outcome or {}, model=result.model)
+    from ._summary import files_summary
+
+    progress.say(files_summary("kneepipeline segment: %s segmented with %s" % (opts.image, opts.model), str(out),
+                               ["segmentation.nii.gz", "segmentation.json"], len(progress.warnings)))
     return 0

@@ -14,18 +14,28 @@ HELP = "T2 map from a multi-echo spin-echo series (or qDESS), with regional and 
 DESCRIPTION = (HELP + ". Writes t2_ms.nii.gz, t2_r2.nii.gz, t2_s0.nii.gz, t2_valid.nii.gz, t2_params.json and, "
                "with --labels or --regions, t2_regions.csv/.json (strict JSON: null, never NaN).")
 
+USAGE = "--echoes PATH [PATH ...] --out DIR [--labels LABELS] [options]"
+EXAMPLES = [
+    "kneepipeline t2 --echoes mese_t2_dicom/ --out t2/knee01",
+    "kneepipeline t2 --echoes echoes_4d.nii.gz --echo-times-ms 10 20 30 40 --labels knee_labels.nii.gz --out t2/k1",
+    "kneepipeline t2 --echoes qdess_s_plus.nii.gz qdess_s_minus.nii.gz --qdess --tr-ms 18 --te-ms 5 "
+    "--flip-deg 20 --out t2/k1",
+]
 ROW_FIELDS = ["region", "code", "layer", "t2_mean_ms", "t2_std_ms", "t2_median_ms", "n_voxels"]
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--echoes", nargs="+", required=True, metavar="PATH",
+    from ._common import INPUT, OUTPUT, group
+
+    g = group(p, INPUT)
+    g.add_argument("--echoes", nargs="+", required=True, metavar="PATH",
                    help="multi-echo DICOM folder or zip, a 4D NIfTI/NRRD, or one 3D file per echo")
-    p.add_argument("--echo-times-ms", nargs="+", type=float, metavar="TE",
+    g.add_argument("--echo-times-ms", nargs="+", type=float, metavar="TE",
                    help="echo times in ms (needed for NIfTI/NRRD; overrides DICOM)")
-    p.add_argument("--labels", metavar="LABELS", help="tissue label map (rows per cartilage tissue, deep/superficial)")
-    p.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
-    p.add_argument("--regions", metavar="REGIONS", help="sub-region map in canonical codes (11-15, 3, 4, 1; bones 7-9)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    g.add_argument("--labels", metavar="LABELS", help="tissue label map (rows per cartilage tissue, deep/superficial)")
+    g.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
+    g.add_argument("--regions", metavar="REGIONS", help="sub-region map in canonical codes (11-15, 3, 4, 1; bones 7-9)")
+    group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR", help="output folder")
     g = p.add_argument_group("MESE fit")
     g.add_argument("--keep-first-echo", action="store_true", help="fit the first echo too (default: dropped)")
     g.add_argument("--no-refine", action="store_true", help="log-linear fit only (no noise-floor refinement)")
@@ -166,4 +176,22 @@ def main(args, progress) -> int:
         written += ["t2_regions.json", "t2_regions.csv"]
     progress.step("write", 1.0, "done")
     progress.result(out_dir=str(out), files=written)
+    progress.say(_summary(maps, echoes, rows, out, written, len(progress.warnings)))
     return 0
+
+
+def _summary(maps, echoes, rows, out, written, n_warnings) -> str:
+    """Method, echoes, valid voxels, median T2 and the per-tissue means, where the files are."""
+    import numpy as np
+
+    from ._summary import files_summary
+
+    valid = np.asarray(maps.valid.array, dtype=bool)
+    t2 = np.asarray(maps.t2_ms.array)[valid]
+    extra = ["%d echoes (TE %s ms); %d valid voxels, median T2 %s ms" % (
+        echoes.n_echo, ", ".join("%g" % t for t in echoes.echo_times_ms), int(valid.sum()),
+        "%.1f" % float(np.median(t2)) if t2.size else "n/a")]
+    whole = [r for r in (rows or []) if r.get("layer", "all") == "all" and r.get("t2_mean_ms") is not None]
+    if whole:
+        extra.append("T2, mean ms: " + ", ".join("%s %.1f" % (r.get("region"), r["t2_mean_ms"]) for r in whole[:8]))
+    return files_summary("kneepipeline t2: %s fit" % maps.method, str(out), written, n_warnings, extra)
