@@ -171,3 +171,18 @@ def test_dosma_same_physical_labels_in_six_voxel_orders(knee, tmp_path):
     opts = RunOptions(device="cpu", threads=1, postprocess=False)
     results = {name: predict_dosma(img, entry, KERAS, opts).labels for name, img in images.items()}
     _check_orders(results, min_structures=2)
+
+
+def test_a_coronal_scan_into_a_sagittal_model_warns_with_its_slice_spacing(tmp_path):
+    from KneePipelineLib.segmentation import segment
+
+    cor = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)   # i -> L, j -> I, k -> P: slices along AP
+    rng = np.random.default_rng(0)
+    img = Volume(rng.random((12, 40, 40)).astype(np.float32) * 100, (0.7, 0.7, 2.5), (0, 0, 0), cor)
+    opts = RunOptions(model="nnunet_fullres", model_dir=str(TINY_KNEE), device="cpu", threads=1, offline=True,
+                      postprocess=False)
+    res = segment(img, opts)
+    (w,) = [w for w in res.model["warnings"] if "acquisition" in w]
+    assert "coronal acquisition" in w and "2.50 mm" in w and "sagittal" in w
+    assert res.model["frame"]["image_axes"] == ["AP", "SI", "RL"]
+    assert img.same_geometry(res.labels, tol=1e-9)

@@ -190,13 +190,13 @@ def plane_warning(image: Volume, model_plane: Optional[str], model_name: str) ->
     if acq.plane is None or acq.plane == model_plane:
         return None
     trained_normal = {v: k for k, v in PLANE_OF_NORMAL.items()}[model_plane]
-    return ("This is a %s acquisition (%.2f mm between slices along %s, %.2f x %.2f mm in-plane); %s was "
-            "trained on %s images. The image is reoriented exactly (no resampling), so the network sees "
-            "%.2f mm spacing along %s where its training images were fine, and fine spacing along %s: "
-            "expect coarser, less reliable labels." % (
+    return ("This is a %s acquisition (slices %.2f mm apart along %s, %.2f x %.2f mm in-plane); %s was trained "
+            "on %s images (slices along %s). The image is reoriented exactly, not resampled: along %s the "
+            "network gets %.2f mm spacing where its training images had in-plane resolution, so expect coarser, "
+            "less reliable labels." % (
                 acq.plane, acq.through_plane_mm, acq.through_plane_direction, acq.inplane_mm[0],
-                acq.inplane_mm[1], model_name, model_plane, acq.through_plane_mm,
-                acq.through_plane_direction, trained_normal))
+                acq.inplane_mm[1], model_name, model_plane, trained_normal, acq.through_plane_direction,
+                acq.through_plane_mm))
 
 
 __all__ = ["FrameMap", "Acquisition", "frame_map", "to_frame", "from_frame", "frame_spacing", "image_codes",
