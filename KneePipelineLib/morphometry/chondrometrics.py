@@ -90,9 +90,8 @@ UNITS: Dict[str, str] = {
     "VCtAB": "mm", "ThCtAB.aMe": "mm", "ThCcAB.aMe": "mm", "ThCcAB.SD": "mm", "ThCtAB.Max": "mm",
     "ThCAC.aMe": "mm", "ThCAC.Max": "mm",
 }
-for _p in THICKNESS_PERCENTILES:
-    UNITS["ThCtAB.P%02d" % _p] = "mm"
-    UNITS["ThCAC.P%02d" % _p] = "mm"
+UNITS.update({"ThCtAB.P%02d" % _p: "mm" for _p in THICKNESS_PERCENTILES})
+UNITS.update({"ThCAC.P%02d" % _p: "mm" for _p in THICKNESS_PERCENTILES})
 MEASURE_NAMES: List[str] = list(UNITS)
 
 

@@ -24,7 +24,7 @@ THICKNESS_PERCENTILE = 99.0     # colour bar top: this percentile of all finite 
 T2_RANGE_MS = (0.0, 80.0)
 FIT_DISTANCE_RANGE_MM = (0.0, 2.0)
 VIEW_PX = 320
-BONE_VIEWS = {"femur": ["anterior", "posterior", "medial", "lateral"],
+BONE_VIEWS = {"femur": ["anterior", "posterior", "medial", "lateral", "inferior"],
               "tibia": ["anterior", "posterior", "medial", "lateral", "superior"],
               "patella": ["anterior", "posterior", "medial", "lateral"]}
 
@@ -142,7 +142,7 @@ def section_renders(rd, w: _Writer, renderer, trange) -> Section:
             continue
         th = m.thickness_mm
         surf = [{"mesh": m, "scalars": th, "vmin": trange[0], "vmax": trange[1], "cmap": "viridis",
-                 "color": (0.86, 0.84, 0.78)}]
+                 "color": (0.86, 0.84, 0.78), "codes": m.arrays.get("subregion")}]
         imgs = [renderer.render(surf, v, rd.side) for v in views]
         n = len(imgs)
         fig = plt.figure(figsize=(2.4 * n + 0.9, 2.75))
@@ -153,7 +153,8 @@ def section_renders(rd, w: _Writer, renderer, trange) -> Section:
             ax.set_title(v, fontsize=9)
         _colorbar_strip(fig, trange, "viridis", "cartilage thickness (mm)",
                         [(2.4 * n + 0.15) / (2.4 * n + 0.9), 0.1, 0.12 / (2.4 * n + 0.9), 0.72])
-        fig.suptitle("%s (%s knee); grey = no cartilage measured" % (bone, rd.side), fontsize=10, y=0.995)
+        fig.suptitle("%s (%s knee); grey = no cartilage measured; lines = (sub)region borders" % (bone, rd.side),
+                     fontsize=10, y=0.995)
         name = w.save(fig, "render_%s.png" % bone, dpi=100)
         finite = th[np.isfinite(th)] if th is not None else np.zeros(0)
         sec.figures.append(Figure(name, bone.capitalize(),
@@ -215,8 +216,17 @@ def section_bars(rd, w: _Writer) -> Section:
     fig.tight_layout()
     sec.figures.append(Figure(w.save(fig, "regions.png", dpi=90), "Mean thickness per sub-region",
                               "Numbers: mean (mm) and coverage; hatched bars have coverage below %.0f%%." % (100 * COVERAGE_MIN)))
-    sec.html = _table(regions, first=("chondrometrics", "display"), skip=("name", "code"))
+    from ..morphometry.chondrometrics import MEASURE_NAMES
+
+    # the standard measures have their own table (section "chondrometrics")
+    sec.html = _table(regions, first=("chondrometrics", "display"), skip=("name", "code", "color") + tuple(MEASURE_NAMES))
     return sec
+
+
+def _section_standard(rd, w: _Writer) -> Optional[Section]:
+    from .standard import section_chondrometrics
+
+    return section_chondrometrics(rd, w, Section, Figure, _plt())
 
 
 def section_t2(rd, w: _Writer) -> Optional[Section]:
@@ -424,6 +434,7 @@ def build_report(out_dir: Path, manifest: Manifest, progress: Optional[Callable[
              ("3D renders", lambda: section_renders(rd, w, renderer, trange)),
              ("thickness maps", lambda: section_maps(rd, w, trange)),
              ("regional chart", lambda: section_bars(rd, w)),
+             ("Chondrometrics", lambda: _section_standard(rd, w)),
              ("T2", lambda: section_t2(rd, w)),
              ("shape model", lambda: section_nsm(rd, w, renderer))]
     for i, (name, fn) in enumerate(steps):

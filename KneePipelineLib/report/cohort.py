@@ -94,13 +94,22 @@ def build_cohort_report(cohort_csv: Path, out_dir: Path) -> Path:
     ids = [r.get("id", "") for r in ok_rows]
     images: List[Tuple[str, str]] = []
 
-    # -- regional thickness distributions -----------------------------------------------------
+    # -- regional thickness distributions, then the Chondrometrics subregions ----------------------
+    from ..morphometry.chondrometrics import SUBREGIONS
+
     reg_cols = [(r, "%s_thickness_mean_mm" % r.name) for r in L.REGIONS if "%s_thickness_mean_mm" % r.name in cols]
+    sub_cols = [(s, "%s_ThCtAB.aMe" % s.name) for s in SUBREGIONS if "%s_ThCtAB.aMe" % s.name in cols]
     outliers: List[Tuple[str, str, float, float]] = []
     rng = np.random.default_rng(0)
-    if reg_cols and ok_rows:
-        data = [np.array([_num(r.get(c)) for r in ok_rows]) for _, c in reg_cols]
-        fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(reg_cols) + 2), 4.2))
+    for group, ylabel, title, fname, caption in (
+            (reg_cols, "mean cartilage thickness (mm)", "Regional thickness", "cohort_thickness.png",
+             "Regional thickness distributions"),
+            (sub_cols, "ThCtAB.aMe (mm, denuded = 0)", "Femorotibial subregions (Wirth & Eckstein 2008)",
+             "cohort_subregions.png", "Subregion thickness distributions (ThCtAB.aMe)")):
+        if not group or not ok_rows:
+            continue
+        data = [np.array([_num(r.get(c)) for r in ok_rows]) for _, c in group]
+        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(group) + 2), 4.2))
         ax.boxplot([d[np.isfinite(d)] for d in data], showfliers=False, widths=0.55)
         for i, d in enumerate(data):
             z = robust_z(d)
@@ -110,16 +119,16 @@ def build_cohort_report(cohort_csv: Path, out_dir: Path) -> Path:
             ax.scatter(i + 1 + jit[good & ~flag], d[good & ~flag], s=12, color="#3070b0", alpha=0.7, zorder=3)
             ax.scatter(i + 1 + jit[flag], d[flag], s=30, color="#d02020", marker="x", zorder=4)
             for j in np.nonzero(flag)[0]:
-                outliers.append((ids[j], reg_cols[i][1], float(d[j]), float(z[j])))
+                outliers.append((ids[j], group[i][1], float(d[j]), float(z[j])))
                 ax.annotate(ids[j], (i + 1 + jit[j], d[j]), fontsize=7, color="#d02020", xytext=(3, 3),
                             textcoords="offset points")
-        ax.set_xticks(range(1, len(reg_cols) + 1))
-        ax.set_xticklabels([r.chondrometrics for r, _ in reg_cols], fontsize=8)
-        ax.set_ylabel("mean cartilage thickness (mm)", fontsize=9)
-        ax.set_title("Regional thickness, %d knees (red \u00d7: |robust z| > %.1f)" % (len(ok_rows), ROBUST_Z_MAX), fontsize=10)
+        ax.set_xticks(range(1, len(group) + 1))
+        ax.set_xticklabels([getattr(r, "chondrometrics", None) or r.name for r, _ in group], fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_title("%s, %d knees (red \u00d7: |robust z| > %.1f)" % (title, len(ok_rows), ROBUST_Z_MAX), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        images.append((_save(fig, out_dir / "cohort_thickness.png"), "Regional thickness distributions"))
+        images.append((_save(fig, out_dir / fname), caption))
 
     # -- other numeric columns: outliers only (T2, B-score, ASSD) ------------------------------
     extra = [c for c in cols if (c.endswith("_t2_mean_ms") or c.endswith("_bscore") or c.endswith("_assd_bone_mm")
@@ -189,6 +198,27 @@ def build_cohort_report(cohort_csv: Path, out_dir: Path) -> Path:
                 q1, med, q3 = np.percentile(d, [25, 50, 75])
                 parts.append("<tr><td>%s (%s)</td><td>%d</td><td>%.2f</td><td>%.2f\u2013%.2f</td><td>%.2f</td><td>%.2f</td></tr>"
                              % (e(r.display), r.chondrometrics, d.size, med, q1, q3, d.min(), d.max()))
+        parts.append("</table>")
+    if sub_cols and ok_rows:
+        parts.append("<h2>Summary per femorotibial subregion</h2><table><tr><th>subregion</th><th>n</th>"
+                     "<th>ThCtAB.aMe median (IQR), mm</th><th>ThCcAB.aMe median, mm</th><th>dAB%% median (max)</th>"
+                     "<th>tAB median, mm\u00b2</th></tr>")
+        for s_, c in sub_cols:
+            d = np.array([_num(x.get(c)) for x in ok_rows])
+            d = d[np.isfinite(d)]
+            if not d.size:
+                continue
+            q1, med, q3 = np.percentile(d, [25, 50, 75])
+            extra = []
+            for k in ("ThCcAB.aMe", "dAB%", "tAB"):
+                v = np.array([_num(x.get("%s_%s" % (s_.name, k))) for x in ok_rows])
+                extra.append(v[np.isfinite(v)])
+            cc, dd, ta = extra
+            parts.append("<tr><td>%s (%s)</td><td>%d</td><td>%.2f (%.2f\u2013%.2f)</td><td>%s</td><td>%s</td><td>%s</td></tr>"
+                         % (e(s_.display), s_.name, d.size, med, q1, q3,
+                            "%.2f" % np.median(cc) if cc.size else "\u2013",
+                            "%.1f (%.1f)" % (np.median(dd), dd.max()) if dd.size else "\u2013",
+                            "%.0f" % np.median(ta) if ta.size else "\u2013"))
         parts.append("</table>")
     parts.append("<p style='color:#666;font-size:.85em'>Built in %.1f s.</p></body></html>" % (time.time() - t0))
     _write_text(out_dir / "cohort_report.json", json.dumps(summary, indent=2, allow_nan=False))

@@ -4,7 +4,9 @@ Femur: cylindrical unwrap about the medio-lateral axis (horizontal = position al
 vertical = angle in the sagittal plane, running from the trochlea over the weight-bearing condyles to the
 posterior condyles). Tibia: orthographic projection onto the axial plane seen from superior. Patella:
 projection onto the coronal plane seen from posterior (its articular face). Region boundaries are the
-contours between the sub-region codes carried by the vertices.
+contours between the sub-region codes carried by the vertices (solid black); the Chondrometrics
+subregions (``subregion`` point array: cMT ... iLT, ecMF ... icLF; Wirth & Eckstein 2008) are drawn as
+dashed white borders with their codes.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class FlatMap:
     ylabel: str
     left_right: Tuple[str, str]   # anatomical names of the left / right edges
     bottom_top: Tuple[str, str]
+    subregion: Optional[np.ndarray] = None   # (n,) Chondrometrics subregion / region code per vertex
 
 
 def _ml_axis(points: np.ndarray) -> np.ndarray:
@@ -72,7 +75,7 @@ def femur_map(mesh, side: str) -> Optional[FlatMap]:
     lr = ("lateral", "medial") if lateral_at_low_x else ("medial", "lateral")
     return FlatMap("femur", np.stack([u, ang], 1), tris, th, reg if reg is not None else np.zeros(len(P), int),
                    "medio-lateral position (mm)", "angle about the ML axis (deg, from superior)", lr,
-                   ("superior/anterior", "posterior"))
+                   ("superior/anterior", "posterior"), mesh.arrays.get("subregion"))
 
 
 def projected_map(mesh, structure: str, side: str) -> Optional[FlatMap]:
@@ -94,7 +97,28 @@ def projected_map(mesh, structure: str, side: str) -> Optional[FlatMap]:
         lr = ("medial", "lateral") if side == "right" else ("lateral", "medial")
         bt, xl, yl = ("inferior", "superior"), "x (mm, patient left \u2192 right)", "superior (mm)"
     tris = _keep(mesh.triangles, ok)
-    return FlatMap(structure, uv, tris, th, reg if reg is not None else np.zeros(len(P), int), xl, yl, lr, bt)
+    return FlatMap(structure, uv, tris, th, reg if reg is not None else np.zeros(len(P), int), xl, yl, lr, bt,
+                   mesh.arrays.get("subregion"))
+
+
+def code_name(code: int) -> str:
+    """Chondrometrics name of a region or subregion code."""
+    from ..morphometry.chondrometrics import SUBREGION_BY_CODE
+
+    s = SUBREGION_BY_CODE.get(int(code))
+    if s is not None:
+        return s.name
+    r = L.REGION_BY_CODE.get(int(code))
+    return r.chondrometrics if r else str(code)
+
+
+def _subdivided(fm: FlatMap) -> np.ndarray:
+    """Vertex mask of the Chondrometrics subregions (subregion code differs from the region code)."""
+    from ..morphometry.chondrometrics import SUBREGION_BY_CODE
+
+    if fm.subregion is None or len(fm.subregion) != len(fm.region):
+        return np.zeros(len(fm.region), dtype=bool)
+    return np.isin(fm.subregion, list(SUBREGION_BY_CODE))
 
 
 def draw_map(ax, fm: FlatMap, vmin: float, vmax: float, cmap: str = "viridis"):
@@ -112,14 +136,24 @@ def draw_map(ax, fm: FlatMap, vmin: float, vmax: float, cmap: str = "viridis"):
                 ax.tricontour(tri, ind, levels=[0.5], colors="k", linewidths=0.9)
             except (ValueError, RuntimeError):
                 pass
-    for c in codes:
-        sel = np.unique(fm.triangles[np.all(fm.region[fm.triangles] == c, axis=1)])
+    sub = _subdivided(fm)
+    subcodes = [int(c) for c in np.unique(fm.subregion[fm.triangles]) if c] if sub.any() else []
+    for c in subcodes:
+        if not np.any(sub & (fm.subregion == c)):
+            continue
+        ind = (fm.subregion == c).astype(float)
+        try:
+            ax.tricontour(tri, ind, levels=[0.5], colors="w", linewidths=0.8, linestyles="--")
+        except (ValueError, RuntimeError):
+            pass
+    labels = [(c, fm.region) for c in codes if not np.any(sub & (fm.region == c))] + \
+             [(c, fm.subregion) for c in subcodes if np.any(sub & (fm.subregion == c))]
+    for c, arr in labels:
+        sel = np.unique(fm.triangles[np.all(arr[fm.triangles] == c, axis=1)])
         if len(sel) < 5:
             continue
-        r = L.REGION_BY_CODE.get(c)
-        name = r.chondrometrics if r else str(c)
-        ax.text(*np.median(fm.uv[sel], axis=0), name, ha="center", va="center", fontsize=8, fontweight="bold",
-                color="w", bbox=dict(boxstyle="round,pad=0.15", fc="k", alpha=0.45, lw=0))
+        ax.text(*np.median(fm.uv[sel], axis=0), code_name(c), ha="center", va="center", fontsize=7 if arr is fm.subregion
+                else 8, fontweight="bold", color="w", bbox=dict(boxstyle="round,pad=0.15", fc="k", alpha=0.45, lw=0))
     ax.set_aspect("equal" if fm.structure != "femur" else "auto")
     ax.set_xlabel(fm.xlabel + "   [%s \u2190 \u2192 %s]" % fm.left_right, fontsize=8)
     ax.set_ylabel(fm.ylabel, fontsize=8)

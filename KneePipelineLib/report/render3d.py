@@ -30,6 +30,50 @@ def view_vectors(view: str, side: str) -> Tuple[np.ndarray, np.ndarray]:
     return table[view]
 
 
+def border_segments(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, lift_mm: float = 0.3
+                    ) -> np.ndarray:
+    """(m, 2, 3) line segments along the borders between vertex codes (through the midpoints of the edges
+    whose ends differ), lifted ``lift_mm`` along the face normal so they sit on the surface."""
+    t = triangles
+    c = codes[t]
+    d = np.stack([c[:, 0] != c[:, 1], c[:, 1] != c[:, 2], c[:, 2] != c[:, 0]], 1)
+    n_d = d.sum(1)
+    P = points[t]
+    fn = np.cross(P[:, 1] - P[:, 0], P[:, 2] - P[:, 0])
+    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+    mids = np.stack([(P[:, 0] + P[:, 1]) / 2, (P[:, 1] + P[:, 2]) / 2, (P[:, 2] + P[:, 0]) / 2], 1) + \
+        lift_mm * fn[:, None, :]
+    segs = []
+    two = np.flatnonzero(n_d == 2)
+    if len(two):
+        e = np.argsort(~d[two], axis=1, kind="stable")[:, :2]          # the two differing edges
+        segs.append(np.stack([mids[two, e[:, 0]], mids[two, e[:, 1]]], 1))
+    three = np.flatnonzero(n_d == 3)
+    if len(three):
+        cen = P[three].mean(1) + lift_mm * fn[three]
+        for k in range(3):
+            segs.append(np.stack([cen, mids[three, k]], 1))
+    return np.concatenate(segs) if segs else np.zeros((0, 2, 3))
+
+
+def code_labels(points: np.ndarray, triangles: np.ndarray, codes: np.ndarray, lift_mm: float = 1.5,
+                min_vertices: int = 10) -> List[Tuple[np.ndarray, np.ndarray, int]]:
+    """(position, outward normal, code) per code: the code's vertex nearest its centroid, lifted outward."""
+    from ..morphometry.mesh import vertex_normals
+
+    normals = vertex_normals(points, triangles)
+    out = []
+    for c in np.unique(codes):
+        if c <= 0:
+            continue
+        idx = np.flatnonzero(codes == c)
+        if len(idx) < min_vertices:
+            continue
+        v = idx[np.argmin(np.linalg.norm(points[idx] - points[idx].mean(0), axis=1))]
+        out.append((points[v] + lift_mm * normals[v], normals[v], int(c)))
+    return out
+
+
 def thickness_lut(vmin: float, vmax: float, nan_rgb=(0.85, 0.82, 0.75), cmap: str = "viridis"):
     import vtk
     import matplotlib
@@ -114,7 +158,8 @@ class Renderer:
         return np.ascontiguousarray(arr)
 
     def render(self, surfaces: Sequence[dict], view: str, side: str) -> np.ndarray:
-        """``surfaces``: dicts with mesh (MeshData), scalars (array or None), vmin, vmax, cmap, color, opacity."""
+        """``surfaces``: dicts with mesh (MeshData), scalars (array or None), vmin, vmax, cmap, color, opacity,
+        and optionally ``codes`` (per-vertex region / subregion codes: borders drawn, codes named)."""
         if self.backend == "vtk":
             return self._render_vtk(surfaces, view, side)
         return render_matplotlib(surfaces, view, side, self.size)
@@ -155,6 +200,9 @@ class Renderer:
             actor.GetProperty().SetDiffuse(0.8)
             ren.AddActor(actor)
         direction, up = view_vectors(view, side)
+        for s in surfaces:
+            if s.get("codes") is not None:
+                self._add_borders_vtk(ren, s["mesh"], np.asarray(s["codes"]), direction)
         bounds = np.array(ren.ComputeVisiblePropBounds()).reshape(3, 2)
         centre = bounds.mean(1)
         radius = float(np.linalg.norm(bounds[:, 1] - bounds[:, 0]) / 2)
@@ -167,6 +215,48 @@ class Renderer:
         cam.SetParallelScale(radius * 0.85)
         ren.ResetCameraClippingRange()
         return self._grab()
+
+
+    @staticmethod
+    def _add_borders_vtk(ren, md, codes: np.ndarray, direction: np.ndarray) -> None:
+        import vtk
+        from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+
+        from .maps2d import code_name
+
+        seg = border_segments(md.points_mm, md.triangles, codes)
+        if len(seg):
+            pd = vtk.vtkPolyData()
+            pts = vtk.vtkPoints()
+            pts.SetData(numpy_to_vtk(np.ascontiguousarray(seg.reshape(-1, 3)), deep=True))
+            pd.SetPoints(pts)
+            cells = vtk.vtkCellArray()
+            cells.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 2 * len(seg) + 1, 2, dtype=np.int64), deep=True),
+                          numpy_to_vtkIdTypeArray(np.arange(2 * len(seg), dtype=np.int64), deep=True))
+            pd.SetLines(cells)
+            m = vtk.vtkPolyDataMapper()
+            m.SetInputData(pd)
+            a = vtk.vtkActor()
+            a.SetMapper(m)
+            a.GetProperty().SetColor(0.05, 0.05, 0.05)
+            a.GetProperty().SetLineWidth(2.0)
+            a.GetProperty().LightingOff()
+            ren.AddActor(a)
+        for pos, nrm, c in code_labels(md.points_mm, md.triangles, codes):
+            if nrm @ direction < 0.3:       # named only where the surface faces the camera
+                continue
+            t = vtk.vtkBillboardTextActor3D()
+            t.SetInput(code_name(c))
+            t.SetPosition(*pos)
+            tp = t.GetTextProperty()
+            tp.SetFontSize(13)
+            tp.BoldOn()
+            tp.SetColor(1, 1, 1)
+            tp.SetBackgroundColor(0, 0, 0)
+            tp.SetBackgroundOpacity(0.55)
+            tp.SetJustificationToCentered()
+            tp.SetVerticalJustificationToCentered()
+            ren.AddActor(t)
 
 
 def render_matplotlib(surfaces, view: str, side: str, size: int = 400) -> np.ndarray:
@@ -207,6 +297,22 @@ def render_matplotlib(surfaces, view: str, side: str, size: int = 400) -> np.nda
                             alpha=float(s.get("opacity", 1.0)))
         ax.add_collection(pc)
         allp.append(xy)
+        if s.get("codes") is not None:
+            from matplotlib.collections import LineCollection
+
+            from .maps2d import code_name
+
+            codes = np.asarray(s["codes"])
+            front = tri_n @ direction > 0
+            seg = border_segments(P, T[front], codes)
+            if len(seg):
+                ax.add_collection(LineCollection(np.stack([seg @ right, seg @ up], -1), colors="k", linewidths=1.2,
+                                                 zorder=5))
+            for pos, nrm, c in code_labels(P, T, codes):
+                if nrm @ direction >= 0.3:
+                    ax.text(pos @ right, pos @ up, code_name(c), fontsize=7, fontweight="bold", color="w",
+                            ha="center", va="center", zorder=6,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="k", alpha=0.55, lw=0))
     xy = np.concatenate(allp)
     c = (xy.min(0) + xy.max(0)) / 2
     r = (xy.max(0) - xy.min(0)).max() / 2 * 1.08
