@@ -106,6 +106,7 @@ class PipelineRunner:
         self.out_dir = out_dir
         self.kill_grace_s = kill_grace_s
         self.pipe_grace_s = pipe_grace_s   # how long output may trail the child's exit
+        self.reader_slice_s = 0.002        # GIL time given to the reader threads on each poll
         self.status = RunStatus()
         self.process: Optional[subprocess.Popen] = None
         self.pgid: Optional[int] = None
@@ -154,6 +155,9 @@ class PipelineRunner:
         """Drain what arrived, update the status, enforce the timeout and the kill deadline. Never blocks."""
         if self.process is None or self.status.done:
             return []
+        # Inside Slicer the main thread holds the GIL while Qt's event loop runs, so the reader threads only
+        # advance while Python code here lets go of it: a 2 ms sleep per poll is enough to empty the pipes.
+        time.sleep(self.reader_slice_s)
         new = self._drain()
         now = time.time()
         if (self.timeout_s is not None and self._cancel_reason is None
