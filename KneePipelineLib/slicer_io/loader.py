@@ -117,6 +117,10 @@ def load_run(scene: Any, run_dir: str, name: Optional[str] = None, replace: bool
     except OSError:
         raise LoadError("No manifest.json in %s: not a KneePipeline run folder." % run_dir)
     if manifest.status != "complete" and not allow_incomplete:
+        from ..manifest import run_liveness
+
+        if manifest.status == "running":   # a live run, or one killed without a chance to say so
+            raise LoadError("The run in %s is not complete: %s." % (run_dir, run_liveness(run_dir, manifest)[1]))
         raise LoadError("The run in %s is %s, not complete." % (run_dir, manifest.status))
     ensure_logics(scene)
     sh = subject_hierarchy(scene)
