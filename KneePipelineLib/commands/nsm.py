@@ -20,25 +20,29 @@ EXAMPLES = [
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--femur", metavar="FEMUR", help="femur surface mesh (.vtk/.vtp, LPS mm)")
-    p.add_argument("--cartilage", metavar="CART", help="femoral cartilage mesh (needed by bone+cartilage models)")
-    p.add_argument("--labels", metavar="LABELS", help="label map to mesh the femur and its cartilage from")
-    p.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
-    p.add_argument("--nsm-dir", required=True, metavar="DIR", help="NSM folder (model_params_config.json, model/)")
-    p.add_argument("--bscore-dir", metavar="DIR", help="B-score model folder (model.json)")
-    p.add_argument("--laterality", choices=["right", "left", "auto"], default="auto",
+    from ._common import INPUT, LIMITS, NSM, OUTPUT, group
+
+    g = group(p, INPUT)
+    g.add_argument("--femur", metavar="FEMUR", help="femur surface mesh (.vtk/.vtp, LPS mm)")
+    g.add_argument("--cartilage", metavar="CART", help="femoral cartilage mesh (needed by bone+cartilage models)")
+    g.add_argument("--labels", metavar="LABELS", help="label map to mesh the femur and its cartilage from")
+    g.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
+    g = group(p, NSM)
+    g.add_argument("--nsm-dir", required=True, metavar="DIR", help="NSM folder (model_params_config.json, model/)")
+    g.add_argument("--bscore-dir", metavar="DIR", help="B-score model folder (model.json)")
+    group(p, INPUT).add_argument("--laterality", choices=["right", "left", "auto"], default="auto",
                    help="knee side; auto needs --labels (default %(default)s)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-seeds", type=int, default=1, help="average the latents of this many seeded fits")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--samples", type=int, default=10000, help="vertices drawn per surface per step")
-    p.add_argument("--patience", type=int, default=50)
-    p.add_argument("--mesh-resolution", type=int, default=256,
+    group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR", help="output folder")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n-seeds", type=int, default=1, help="average the latents of this many seeded fits")
+    g.add_argument("--iterations", type=int, default=2000)
+    g.add_argument("--samples", type=int, default=10000, help="vertices drawn per surface per step")
+    g.add_argument("--patience", type=int, default=50)
+    group(p, OUTPUT).add_argument("--mesh-resolution", type=int, default=256,
                    help="fine grid size over [-1,1]^3 (coarse-to-fine narrow band; 0 = latent only, no meshes)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    group(p, LIMITS).add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="fit arithmetic: fp32 (published, default) or bf16 (about 2x faster on CPUs with "
                         "AVX512_BF16/AMX; the fitted latent differs slightly)")
 

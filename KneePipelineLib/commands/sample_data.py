@@ -21,6 +21,7 @@ def main(args, progress):
     from ..sample_data import ensure_sample_data
 
     progress.set_steps([("sample-data", 1)])
+    progress.hello(NAME, __import__("KneePipelineLib").__version__)
     folder = ensure_sample_data(Path(args.cache) if args.cache else None,
                                 Path(args.archive) if args.archive else None, args.use_shared,
                                 progress=progress.sub("sample-data"))
