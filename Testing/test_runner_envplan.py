@@ -183,13 +183,16 @@ def test_real_setup_through_uv_then_check_accepts_it(tmp_path):
     the Check the panel runs."""
     import subprocess
 
-    uv_mod = pytest.importorskip("uv")
     from pathlib import Path
+
+    uv = os.environ.get("KNEEPIPELINE_UV")
+    if not uv:
+        uv = pytest.importorskip("uv", reason="set KNEEPIPELINE_UV or pip install uv").find_uv_bin()
 
     root = Path(__file__).resolve().parents[1]
     env_dir = tmp_path / "env"
     out = subprocess.run([sys.executable, "-m", "KneePipelineLib.envsetup", "--env-dir", str(env_dir),
-                          "--uv", uv_mod.find_uv_bin(), "--base-python", os.environ["KNEEPIPELINE_E2E_SETUP"]],
+                          "--uv", uv, "--base-python", os.environ["KNEEPIPELINE_E2E_SETUP"]],
                          cwd=str(root), capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stderr[-3000:]
     info = P.check_environment(P.env_python(str(env_dir)))

@@ -8,6 +8,7 @@ in the Python field and pressing Check is the alternative. Every foreign Python 
 environment (Slicer's own sets PYTHONHOME / library paths for its Python, which break another one).
 """
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -128,8 +129,6 @@ class InstallLogic:
         try:
             uv = self.uvExecutable()
         except Exception as exc:  # noqa: BLE001 - offline: fall back to a Python of the computer
-            import logging
-
             logging.warning("KneePipeline: could not install uv into Slicer's Python (%s); looking for a base "
                             "Python instead.", exc)
         os.makedirs(slicer.app.temporaryPath, exist_ok=True)
