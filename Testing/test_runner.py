@@ -227,3 +227,46 @@ def test_run_ends_on_exit_code_when_a_grandchild_keeps_the_pipes_open(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(gc_pid, 0)
     assert any(e.get("stream") == "runner" for e in run.events)
+
+
+PY39_MODULE_IMPORT = """
+import sys, types, unittest
+# Stand-ins for the Slicer application's modules (empty classes; the import only defines classes).
+class _Any(type):
+    def __getattr__(cls, name):
+        return type(name, (object,), {})
+def _module(name, **attrs):
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    m.__getattr__ = lambda attr: _Any(attr, (object,), {})
+    sys.modules[name] = m
+    return m
+slicer = _module("slicer")
+slicer.util = _module("slicer.util", VTKObservationMixin=type("VTKObservationMixin", (object,), {}))
+base = type("Base", (object,), {"__init__": lambda self, *a, **k: None})
+slicer.ScriptedLoadableModule = _module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=base,
+    ScriptedLoadableModuleWidget=base, ScriptedLoadableModuleLogic=base, ScriptedLoadableModuleTest=unittest.TestCase)
+slicer.parameterNodeWrapper = _module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda c: c,
+    Choice=lambda *a: None, WithinRange=lambda *a: None)
+for name in ("qt", "ctk", "vtk"):
+    _module(name)
+import importlib.util
+spec = importlib.util.spec_from_file_location("KneePipeline", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+import typing
+hints = typing.get_type_hints(mod.KneePipelineParameterNode, include_extras=True)
+print(sorted(n for n in dir(mod) if n.startswith("KneePipeline")), len(hints))
+"""
+
+
+@pytest.mark.skipif(PY39 is None, reason="no Python 3.9 interpreter on this machine (set KNEEPIPELINE_PY39)")
+def test_slicer_module_imports_on_python39(tmp_path):
+    """Slicer 5.8's Python 3.9 imports KneePipeline.py and its package (module, widget, logic, parameters with
+    their annotations evaluated, self-test) -- with empty stand-ins for Slicer's own modules."""
+    script = tmp_path / "import_module.py"
+    script.write_text(PY39_MODULE_IMPORT)
+    out = subprocess.run([str(PY39), str(script), str(ROOT / "KneePipeline" / "KneePipeline.py")], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "KneePipelineWidget" in out.stdout and "KneePipelineTest" in out.stdout and " 16" in out.stdout
