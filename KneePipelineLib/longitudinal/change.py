@@ -51,7 +51,7 @@ class RegionChange:
     """Change over one region (or plate) of the baseline bone; keys follow results.json's region names."""
 
     name: str
-    kind: str                          # "region" | "plate"
+    kind: str                          # "region" | "plate" | "subregion" (Chondrometrics codes: cMT, ecLF, ...)
     code: Optional[int]
     bone: str
     n_vertices: int                    # baseline bone vertices of the region

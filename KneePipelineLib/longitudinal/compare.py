@@ -106,13 +106,18 @@ def _arrays(poly):
     th = np.asarray(get_point_array(poly, "thickness_mm"), float)
     reg = get_point_array(poly, "region")
     reg = np.zeros(len(pts), int) if reg is None else np.asarray(reg).astype(int)
-    return pts, tris, th, reg, vertex_areas(pts, tris), vertex_normals(pts, tris)
+    sub = get_point_array(poly, "subregion")     # Chondrometrics subregions, where the run has them
+    sub = np.zeros(len(pts), int) if sub is None else np.asarray(sub).astype(int)
+    return pts, tris, th, reg, sub, vertex_areas(pts, tris), vertex_normals(pts, tris)
 
 
 def compare_visit(baseline: RunMeshes, followup: RunMeshes, max_distance_mm: float = 1.5,
                   warn: Callable[[str], None] = lambda m: None) -> VisitComparison:
     """Register every bone present at both visits and summarise the change per region and plate."""
+    from ..morphometry.chondrometrics import SUBREGION_BY_CODE
+
     names = {r.code: r.name for r in L.REGIONS}
+    sub_names = {c: s.name for c, s in SUBREGION_BY_CODE.items()}
     regs: Dict[str, Registration] = {}
     changes: List[RegionChange] = []
     per_point: Dict[str, Dict[str, np.ndarray]] = {}
@@ -122,8 +127,8 @@ def compare_visit(baseline: RunMeshes, followup: RunMeshes, max_distance_mm: flo
                 warn("The %s is present at only one of the visits %s and %s: not compared."
                      % (bone, baseline.visit, followup.visit))
             continue
-        bp, _, bth, breg, barea, bnrm = _arrays(baseline.meshes[bone])
-        fp, _, fth, _, _, _ = _arrays(followup.meshes[bone])
+        bp, _, bth, breg, bsub, barea, bnrm = _arrays(baseline.meshes[bone])
+        fp, _, fth, _, _, _, _ = _arrays(followup.meshes[bone])
         reg = register_surfaces(fp, bp, bnrm)
         regs[bone] = reg
         if reg.median_distance_mm > 0.5:
@@ -132,7 +137,9 @@ def compare_visit(baseline: RunMeshes, followup: RunMeshes, max_distance_mm: flo
         mapped = map_thickness(bp, bth, reg.transform.apply(fp), fth, max_distance_mm=max_distance_mm)
         change = np.where(mapped.comparable, mapped.followup_thickness_mm - bth, np.nan)
         per_point[bone] = {"thickness_mm": mapped.followup_thickness_mm, "change_mm": change}
-        for name, kind, code, sel in region_selections(breg, names, L.PLATES):
+        selections = region_selections(breg, names, L.PLATES)
+        selections += [(n, "subregion", c, m) for n, _, c, m in region_selections(bsub, sub_names, {})]
+        for name, kind, code, sel in selections:
             changes.append(region_change(name, kind, code, bone, sel, bth, mapped.followup_thickness_mm,
                                          mapped.comparable, barea))
     if not regs:

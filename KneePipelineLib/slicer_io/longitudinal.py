@@ -82,6 +82,12 @@ def load_longitudinal(scene: Any, out_dir: str) -> Dict[str, Any]:
         nodes.append(table)
     sh = subject_hierarchy(scene)
     folder = sh.CreateFolderItem(sh.GetSceneItemID(), "KneePipeline change: " + os.path.basename(os.path.abspath(out_dir)))
+    sh.SetItemAttribute(folder, LONGITUDINAL_ATTRIBUTE, os.path.abspath(out_dir))
     for n in nodes:
-        sh.SetItemParent(sh.GetItemByDataNode(n), folder)
-    return {"models": [n for n in nodes if n is not table], "table": table, "limit_mm": limit, "document": doc}
+        item = sh.GetItemByDataNode(n)
+        if not item:    # outside the application nothing creates the items for new nodes
+            sh.CreateItem(folder, n)
+        else:
+            sh.SetItemParent(item, folder)
+    return {"models": [n for n in nodes if n is not table], "table": table, "limit_mm": limit, "document": doc,
+            "folder_item": folder}
