@@ -131,3 +131,9 @@ def test_real_knee_medial_zones_lie_on_the_medial_side(real_right, side):
     assert sep_wb > 25.0 and sep_post > 25.0       # measured 34 and 37 mm
     # trochlea between the condyles
     assert abs((c[11] - 0.5 * (c[12] + c[13])) @ axis) < 10.0
+    # front to back along an axis the code under test does not make: femur -> patella
+    ant = _centroid(lab, lab.array == L.PATELLA) - _centroid(lab, lab.array == L.FEMUR)
+    ant -= (ant @ axis) * axis
+    ant /= np.linalg.norm(ant)
+    assert c[11] @ ant > max(c[12] @ ant, c[13] @ ant) + 5.0
+    assert min(c[12] @ ant, c[13] @ ant) > max(c[14] @ ant, c[15] @ ant) + 5.0

@@ -75,3 +75,15 @@ def test_mese_t2_is_unbiased_at_snr_10_to_20(snr, tol_pct):
     # short T2 (the last echoes in the floor) too: the band 20-30 ms
     short = (truth[roi] < 30)
     assert abs(100.0 * float(np.nanmedian(rel[short]))) <= 2 * tol_pct
+
+
+def test_loglinear_fit_weights_by_signal_squared():
+    """The log of a noisy signal has variance ~ σ²/S²: weighting by S² makes the closed-form fit the
+    efficient one. SNR 100, no refinement: median |relative error| 1.5 % weighted, 2.3 % unweighted."""
+    te = np.arange(1, 9) * 10.0
+    me, truth = _decays(te, 100.0, seed=2)
+    maps = T2.fit_mese(me, drop_first_echo=False, refine=False, r2_min=0.0)
+    roi = truth > 0
+    rel = (maps.t2_ms.array[roi] - truth[roi]) / truth[roi]
+    assert 100.0 * float(np.nanmedian(np.abs(rel))) <= 1.8
+    assert abs(100.0 * float(np.nanmedian(rel))) <= 1.0
