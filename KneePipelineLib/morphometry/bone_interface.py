@@ -54,6 +54,7 @@ class Samples:
     status: np.ndarray
     tab_region: np.ndarray
     subregion: np.ndarray
+    vertex: Optional[np.ndarray] = None      # the triangle's nearest vertex of each sample
 
 
 @dataclass
@@ -107,7 +108,7 @@ def quadrature(points: np.ndarray, triangles: np.ndarray, thickness_mm: np.ndarr
     st = status[nearest]
     t_int = np.where(st == C.COVERED, t_int.reshape(-1), np.nan)
     reg = tab_region[nearest]
-    return Samples(p, np.where(reg > 0, w, 0.0), t_int, st, reg, reg.copy())
+    return Samples(p, np.where(reg > 0, w, 0.0), t_int, st, reg, reg.copy(), nearest)
 
 
 def _components(triangles: np.ndarray, n: int, keep: np.ndarray) -> Tuple[int, np.ndarray]:
@@ -206,39 +207,31 @@ def bone_interface(points: np.ndarray, triangles: np.ndarray, normals: np.ndarra
 
 def euclidean_thickness(cart_points: np.ndarray, cart_triangles: np.ndarray, bone_points: np.ndarray,
                         bone_triangles: np.ndarray, bone_normals: np.ndarray, bi: BoneInterface):
-    """Distance (mm) from each articular vertex of a cartilage mesh to the bone-cartilage interface.
+    """Distance (mm) from each articular vertex of a cartilage mesh to the bone-cartilage interface (the
+    covered bone surface).
 
     Returns (distance per cartilage vertex, NaN on the deep face and where no interface is near;
     the interface vertex's region and subregion codes per cartilage vertex, 0 where NaN).
     """
     from scipy.spatial import cKDTree
 
-    from .mesh import make_polydata, vertex_normals
+    from .mesh import vertex_normals
 
     m = len(cart_points)
     dist = np.full(m, np.nan)
     reg = np.zeros(m, dtype=np.int32)
     sub = np.zeros(m, dtype=np.int32)
-    cov = bi.status == C.COVERED
-    tri = bone_triangles[np.all(cov[bone_triangles], axis=1)]
-    if m == 0 or len(tri) == 0:
+    q = bi.samples
+    cov = np.flatnonzero(q.status == C.COVERED) if q is not None else np.zeros(0, np.int64)
+    if m == 0 or len(cov) == 0:
         return dist, reg, sub
-    idx = np.flatnonzero(cov)
-    d_v, near = cKDTree(bone_points[idx]).query(cart_points)
-    near = idx[near]
+    # the interface surface as its covered quadrature points (16 per triangle, about a quarter of an edge
+    # apart: at 2 mm from the surface the distance is overestimated by less than 0.01 mm)
+    d, k = cKDTree(q.points[cov]).query(cart_points)
+    near = q.vertex[cov[k]]
     cn = vertex_normals(cart_points, cart_triangles)
     articular = np.einsum("ij,ij->i", cn, bone_normals[near]) > 0
-    # exact point-to-triangle distance to the interface surface (VTK, vectorised in C++)
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-
-    imp = vtk.vtkImplicitPolyDataDistance()
-    imp.SetInput(make_polydata(bone_points, tri))
-    src = numpy_to_vtk(np.ascontiguousarray(cart_points[articular], dtype=np.float64), deep=True)
-    res = vtk.vtkDoubleArray()
-    imp.FunctionValue(src, res)
-    d = np.abs(vtk_to_numpy(res).astype(float))
-    dist[articular] = np.minimum(d, d_v[articular])
+    dist[articular] = d[articular]
     reg[articular] = bi.tab_region[near[articular]]
     sub[articular] = bi.subregion_of(cart_points[articular], reg[articular])
     return dist, reg, sub
