@@ -235,37 +235,41 @@ def label_value_cases() -> List[Case]:
 
 def json_map_cases() -> List[Case]:
     K = "JSON label maps (negative, duplicate, huge or non-integer keys, true/float codes, bad files)"
-    docs = {
-        "negative_key": '{"-1": "femur", "7": "femur", "2": "femoral_cartilage"}',
-        "duplicate_key": '{"7": "femur", "7": "tibia", "2": "femoral_cartilage"}',
-        "true_as_code": '{"7": true, "2": "femoral_cartilage"}',
-        "false_as_code": '{"7": false, "2": "femoral_cartilage"}',
-        "float_code": '{"7": 7.0, "2": "femoral_cartilage"}',
-        "huge_key_digits": '{"100000000000000": "femur", "7": "femur"}',
-        "huge_key_exponent": '{"1e14": "femur", "7": "femur"}',
-        "key_65536": '{"65536": "femur", "7": "femur"}',
-        "word_key": '{"femur": 7}',
-        "unknown_tissue": '{"7": "thigh_bone"}',
-        "code_11": '{"7": 11}',
-        "code_minus_1": '{"7": -1}',
-        "nan_value": '{"7": NaN}',
-        "list_value": '{"7": ["femur"]}',
-        "not_json": '{"7": "femur",',
-        "json_list": '["femur", "tibia"]',
-        "empty_object": '{}',
-        "labels_not_object": '{"labels": 7}',
-        "utf16_bom": None,
+    # a complete, correct DOSMA map with one fault each, so that the fault alone must be caught
+    full = ('"0": "background", "1": "patellar_cartilage", "2": "femoral_cartilage", "3": "medial_tibial_cartilage", '
+            '"4": "lateral_tibial_cartilage", "5": "medial_meniscus", "6": "lateral_meniscus", "7": "femur", '
+            '"8": "tibia", "9": "patella"')
+    docs = {  # name: (JSON text, text the message must contain)
+        "negative_key": ('{%s, "-1": "femur"}' % full, "-1"),
+        "duplicate_key": ('{%s, "7": "tibia"}' % full, "twice"),
+        "true_as_code": ('{%s, "10": true}' % full, "true"),
+        "false_as_code": ('{%s, "10": false}' % full, "false"),
+        "float_code": ('{%s, "10": 10.0}' % full, "10.0"),
+        "huge_key_digits": ('{%s, "100000000000000": "femur"}' % full, "outside"),
+        "huge_key_exponent": ('{%s, "1e14": "femur"}' % full, "not an integer"),
+        "key_65536": ('{%s, "65536": "femur"}' % full, "outside"),
+        "word_key": ('{%s, "femur": 7}' % full, "not an integer"),
+        "unknown_tissue": ('{%s, "10": "thigh_bone"}' % full, "thigh_bone"),
+        "code_11": ('{%s, "10": 11}' % full, "11"),
+        "code_minus_1": ('{%s, "10": -1}' % full, "-1"),
+        "nan_value": ('{%s, "10": NaN}' % full, "NaN"),
+        "list_value": ('{%s, "10": ["femur"]}' % full, "femur"),
+        "not_json": ('{%s,' % full, "not valid JSON"),
+        "json_list": ('["femur", "tibia"]', "JSON object"),
+        "empty_object": ('{}', "JSON object"),
+        "labels_not_object": ('{"labels": 7}', "labels"),
+        "utf16_bom": (None, "not valid JSON"),
     }
     out: List[Case] = []
-    for name, text in docs.items():
-        def build(t, d, name=name, text=text):
+    for name, (text, says) in docs.items():
+        def build(t, d, name=name, text=text, says=says):
             f = t / (name + ".json")
             if text is None:
-                f.write_bytes('{"7": "femur"}'.encode("utf-16"))
+                f.write_bytes(("{%s}" % full).encode("utf-16"))
             else:
                 f.write_text(text)
             lab = write(labels_img(knee_array()), t / "knee.nrrd")
-            return Built(analyze(lab, str(f)), "label_convention")
+            return Built(analyze(lab, str(f)), "label_convention", says=says)
         out.append(Case("json_" + name, K, build))
     out.append(Case("json_file_missing", K, lambda t, d: Built(
         analyze(write(labels_img(knee_array()), t / "k.nrrd"), str(t / "nope.json")), "label_convention",
@@ -343,6 +347,9 @@ def dicom_cases() -> List[Case]:
             [a.replace("{knee}", str(d["knee"])) for a in echoes(_mese_echo(d["mese"], t / name, edit=edit,
                                                                              all_echoes=True))], cat, says=says),
             needs=("mese", "knee")))
+    out.append(Case("t2_zip_without_dicom", Z, lambda t, d: Built(
+        [a.replace("{knee}", str(d["knee"])) for a in echoes(zip_of(t / "echoes.zip", {"notes.txt": b"x"}))],
+        "dicom_problem", says="echoes.zip"), needs=("knee",)))
     out.append(Case("t2_single_echo", K, lambda t, d: Built(
         [a.replace("{knee}", str(d["knee"])) for a in echoes(_mese_echo(d["mese"], t / "one"))], "t2_failed"),
         needs=("mese", "knee")))

@@ -83,19 +83,22 @@ def _volume_from_sitk(image) -> Volume:
     return Volume.from_sitk(image)
 
 
-def _read_dicom_echoes(folder: Path, user_tes: Optional[np.ndarray] = None) -> MultiEcho:
-    images, geoms, tes, source = _read_dicom_groups(folder)
+def _read_dicom_echoes(folder: Path, user_tes: Optional[np.ndarray] = None, shown_as: Optional[str] = None
+                       ) -> MultiEcho:
+    images, geoms, tes, source = _read_dicom_groups(folder, shown_as)
     if user_tes is not None and len(user_tes) == len(tes) and np.any(~np.isfinite(tes)):
         tes = np.asarray(user_tes, dtype=float)          # the series lacks echo times: the user's
         source["echo_times_from"] = "user"
     return _assemble(images, geoms, tes, source)
 
 
-def _read_dicom_groups(folder: Path):
-    """(images, volumes, echo_times_ms, source) of the DICOM series under ``folder``, one entry per echo."""
+def _read_dicom_groups(folder: Path, shown_as: Optional[str] = None):
+    """(images, volumes, echo_times_ms, source) of the DICOM series under ``folder``, one entry per echo;
+    ``shown_as`` names the input in messages (the zip, not the folder it was unpacked into)."""
+    name = shown_as or folder.name
     series = dicom.find_series(folder)
     if not series:
-        raise DicomError("No DICOM files were found in %s." % folder.name,
+        raise DicomError("No DICOM files were found in %s." % name,
                          hint="Point --echoes at a folder holding the multi-echo DICOM series.")
     # Echoes are sometimes exported as separate series: gather every series on the same grid.
     files: List[str] = []
@@ -114,7 +117,7 @@ def _read_dicom_groups(folder: Path):
         # Anything else (two acquisitions in one folder) is ambiguous, as for `run` and `analyze`.
         if len(te0) != 1 or len(siblings) != len(series) - 1:
             raise DicomError("%s holds %d DICOM series (%s); which one to analyse is ambiguous."
-                             % (folder.name, len(series), ", ".join("%d files" % len(s.files) for s in series)),
+                             % (name, len(series), ", ".join("%d files" % len(s.files) for s in series)),
                              hint="Give the folder (or zip) of a single multi-echo series, or one folder per echo.")
         for s in siblings:
             files.extend(s.files)
@@ -248,7 +251,7 @@ def load_echoes(paths: Sequence[str | os.PathLike], echo_times_ms: Optional[Sequ
 
                 tmp = tempfile.mkdtemp(prefix="kneepipeline-echoes-")
                 safe_extract(p, Path(tmp))
-                me = _read_dicom_echoes(Path(tmp), user_tes)
+                me = _read_dicom_echoes(Path(tmp), user_tes, "the zip archive " + p.name)
             elif p.is_dir():
                 me = _read_dicom_echoes(p, user_tes)
             elif dicom.is_dicom_file(p) and not _is_volume_file(p):
