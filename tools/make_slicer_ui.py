@@ -125,7 +125,7 @@ run = hbox("runButtonsLayout", [
     w("QPushButton", "cancelButton", prop("text", "string", "Cancel"), prop("enabled", "bool", "false")),
     w("QPushButton", "loadRunButton", prop("text", "string", "Load results folder...")),
     w("QPushButton", "sampleDataButton", prop("text", "string", "Try with sample data"),
-      prop("toolTip", "string", "Download the sample knee's segmentation and analyse it (no model download; about a minute)."))])
+      prop("toolTip", "string", "Download the sample knee's segmentation (92 MB, once) and analyse it (no model download)."))])
 
 progress = ('<layout class="QVBoxLayout" name="progressLayout"><item>%s</item><item>%s</item></layout>' % (
     w("QProgressBar", "progressBar", prop("value", "number", 0), prop("textVisible", "bool", "true")),

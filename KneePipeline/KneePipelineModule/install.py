@@ -102,7 +102,7 @@ class InstallLogic:
     # -- uv --------------------------------------------------------------------------------------
     @staticmethod
     def uvExecutable(install: bool = True) -> Optional[str]:
-        """uv inside Slicer's Python; installed from PyPI on first use (a few MB, no other package)."""
+        """uv inside Slicer's Python; installed from PyPI on first use (one ~18 MB wheel, no other package)."""
         from KneePipelineLib import envsetup
 
         try:
@@ -147,7 +147,7 @@ class InstallLogic:
         return runner.PipelineRunner(cmd, env=env).start()
 
     def startCheck(self, path: Optional[str]):
-        """Start probing the chosen Python (imports torch: up to minutes on a cold disk)."""
+        """Start probing the chosen Python (it imports torch, which takes a while)."""
         from KneePipelineLib import envpython, runner
 
         python = self.resolvePython(path)

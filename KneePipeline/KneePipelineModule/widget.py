@@ -197,7 +197,7 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCheckEnvButton(self) -> None:
         if not self._parameterNode or self.logic.running:
             return
-        self.ui.envStatusLabel.text = "Checking (the first import of torch can take a minute)..."
+        self.ui.envStatusLabel.text = "Checking (the first import of torch takes a while)..."
 
         def start():
             _, self._checkPython = self.logic.startCheck(path_or_none(self._parameterNode.pythonEnvironment))
