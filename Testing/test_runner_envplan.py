@@ -176,7 +176,7 @@ def test_check_runs_the_probe_as_a_job_and_judges_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("KNEEPIPELINE_E2E_SETUP"), reason="downloads ~1 GB from PyPI: set "
+@pytest.mark.skipif(not os.environ.get("KNEEPIPELINE_E2E_SETUP"), reason="downloads the pipeline's packages from PyPI: set "
                     "KNEEPIPELINE_E2E_SETUP=<base python> to run the real set-up through uv")
 def test_real_setup_through_uv_then_check_accepts_it(tmp_path):
     """The whole set-up for real: uv from PyPI, the environment from scratch, packages from the index, then
