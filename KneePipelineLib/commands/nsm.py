@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 NAME = "nsm"
@@ -33,11 +31,13 @@ def add_arguments(p) -> None:
     group(p, INPUT).add_argument("--laterality", choices=["right", "left", "auto"], default="auto",
                    help="knee side; auto needs --labels (default %(default)s)")
     group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR", help="output folder")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the draw of points when fewer than all are used")
     g.add_argument("--n-seeds", type=int, default=1, help="average the latents of this many seeded fits")
-    g.add_argument("--iterations", type=int, default=2000)
-    g.add_argument("--samples", type=int, default=10000, help="vertices drawn per surface per step")
-    g.add_argument("--patience", type=int, default=50)
+    g.add_argument("--iterations", type=int, help="fit steps (default: the config's num_iterations_recon)")
+    g.add_argument("--samples", type=int, help="points per step, split across the surfaces (default: the config's "
+                                              "n_samples_latent_recon; every vertex when that covers them)")
+    g.add_argument("--patience", type=int, help="stop once more than N steps pass without improvement "
+                                               "(default: the config's convergence_patience_recon)")
     group(p, OUTPUT).add_argument("--mesh-resolution", type=int, default=256,
                    help="fine grid size over [-1,1]^3 (coarse-to-fine narrow band; 0 = latent only, no meshes)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -144,10 +144,9 @@ def main(args, progress) -> int:
     for name, pd in fit.meshes.items():
         files[name] = str(write_mesh(pd, out / ("nsm_%s.vtp" % name)).name)
     result["meshes"] = files
-    fd, tmp = tempfile.mkstemp(prefix=".nsm.json.", dir=str(out))
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=2, allow_nan=False)
-    os.replace(tmp, out / "nsm.json")
+    from ..io.writers import atomic_write_text
+
+    atomic_write_text(out / "nsm.json", json.dumps(result, indent=2, allow_nan=False))
     progress.step("write", 1.0, "done")
     progress.result(out_dir=str(out), manifest=None)
     progress.outcome = dict(progress.outcome or {}, nsm=result)

@@ -49,9 +49,9 @@ def main(args, progress) -> int:
     write_volume(result.labels, seg_path)
     info = {"image": os.path.abspath(opts.image), "segmentation": seg_path.name, "model": result.model,
             "options": opts.to_dict()}
-    tmp = out / ".tmp-segmentation.json"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, out / "segmentation.json")
+    from ..io.writers import atomic_write_text
+
+    atomic_write_text(out / "segmentation.json", json.dumps(info, indent=2, sort_keys=True, default=str))
     progress.step("write", 1.0, "wrote %s" % seg_path)
     progress.result(out_dir=str(out), segmentation=str(seg_path))
     progress.outcome = dict(progress.outcome or {}, model=result.model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -58,25 +57,19 @@ def _ok(row: Dict[str, str]) -> bool:
 def _save(fig, out: Path) -> str:
     import matplotlib.pyplot as plt
 
-    tmp = out.with_name(".tmp-" + out.name)
+    from ..io.writers import atomic_write
+
     try:
-        fig.savefig(tmp, format="png", dpi=90)
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out.name
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(".tmp-" + path.name)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from ..io.writers import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def build_cohort_report(cohort_csv: Path, out_dir: Path) -> Path:
