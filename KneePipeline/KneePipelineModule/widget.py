@@ -273,7 +273,8 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             lambda: self.logic.startSampleRun(self._parameterNode, folder))
             else:
                 with slicer.util.tryWithErrorDisplay("The run finished but its results could not be loaded.", waitCursor=True):
-                    self._showResults(self.logic.loadResults(self.logic.outDir, replace=self._replaceResults()))
+                    self._showResults(self.logic.loadResults(self.logic.outDir, replace=self._replaceResults()),
+                                      overInput=(job == "run"))
             return
         err = s.error or {}
         self.ui.stepLabel.text = "%s: %s" % (s.state.capitalize(), err.get("message", ""))
@@ -290,11 +291,11 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.envStatusLabel.text = info.get("problem", "Not usable.")
 
-    def _showResults(self, loaded) -> None:
+    def _showResults(self, loaded, overInput: bool = True) -> None:
         self._loaded = loaded
         lines = loaded.summary_lines() or ["Results loaded."]
         self.ui.resultsLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.openReportButton.enabled = bool(loaded.report_path)
-        background = self._parameterNode.inputVolume if self._parameterNode else None
+        background = self._parameterNode.inputVolume if (overInput and self._parameterNode) else None
         self.logic.showResults(loaded, background=background)
