@@ -134,8 +134,8 @@ class RunOptions:
                 raise ConfigurationError("%s must be a whole number of at least 1, got %r." % (flag(name), value),
                                          hint="Leave %s out to use the default." % flag(name))
         for name in ("nsm_iterations", "nsm_samples", "nsm_patience", "nsm_mesh_resolution", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            value = getattr(self, name)   # None: the model's own default
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigurationError("%s must be a whole number, got %r." % (flag(name), value))
         for step, limit in (self.step_timeouts_s or {}).items():
             finite("step_timeouts_s", limit)
