@@ -87,6 +87,13 @@ def test_fold_and_stale_configuration_come_from_model_config(tmp_path):
     assert nnunet_settings(entry, root / "models" / "Dataset500_KneeMRI", folds=[1]).source["folds"] == "options"
     with pytest.raises(ModelInvalidError, match="Fold 1"):
         check_model(entry, root / "models" / "Dataset500_KneeMRI", folds=[1])
+    # a folder that names its checkpoint: used unless --checkpoint says otherwise
+    (t / "model_config.json").write_text(json.dumps({"model_info": {"fold": 3, "checkpoint": "checkpoint_final.pth"}}))
+    assert nnunet_settings(entry, root / "models" / "Dataset500_KneeMRI").checkpoint == "checkpoint_final.pth"
+    assert nnunet_settings(entry, root / "models" / "Dataset500_KneeMRI", checkpoint="final").checkpoint \
+        == "checkpoint_final.pth"
+    with pytest.raises(ModelInvalidError, match="checkpoint_final.pth does not exist"):
+        check_model(entry, root / "models" / "Dataset500_KneeMRI")
 
 
 def test_segment_refuses_a_foreign_folder_before_predicting(tmp_path):

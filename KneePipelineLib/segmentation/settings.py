@@ -6,7 +6,8 @@ Settings (each recorded with where it came from):
 * **fold** -- ``--folds`` when given; else ``model_config.json`` ``model_info.fold`` of the configuration
   that makes the final prediction (as nnunet_knee_inference ``scripts/inference.py`` ``_detect_fold``); else
   the registry's fold (1, the reference's default).
-* **checkpoint** -- ``--checkpoint`` (default ``best``: ``checkpoint_best.pth``, as the reference).
+* **checkpoint** -- ``--checkpoint``; else ``model_config.json`` ``model_info.checkpoint`` where a folder
+  names one; else ``checkpoint_best.pth`` (the reference's ``-chk checkpoint_best.pth``).
 * **configuration** -- the registry's (the folder ``<trainer>__<plans>__<configuration>``); a
   ``model_config.json`` ``configuration`` that names another one is recorded as stale, not obeyed (the
   published 3d_fullres folder carries the cascade's value).
@@ -59,13 +60,17 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
     return data
 
 
-def declared_fold(folder: pathlib.Path) -> Optional[str]:
-    """``model_info.fold`` of ``folder/model_config.json``, or None."""
+def _declared(folder: pathlib.Path, key: str) -> Any:
     p = pathlib.Path(folder) / MODEL_CONFIG
     if not p.is_file():
         return None
     info = _read_json(p, MODEL_CONFIG).get("model_info", {})
-    fold = info.get("fold") if isinstance(info, dict) else None
+    return info.get(key) if isinstance(info, dict) else None
+
+
+def declared_fold(folder: pathlib.Path) -> Optional[str]:
+    """``model_info.fold`` of ``folder/model_config.json``, or None."""
+    fold = _declared(folder, "fold")
     return None if fold is None else str(fold)
 
 
@@ -108,6 +113,10 @@ def nnunet_settings(entry: Any, root: pathlib.Path, folds: Optional[Sequence] = 
         else:
             s.folds = [str(f) for f in (entry.config or {}).get("folds", [1])]
             s.source["folds"] = "registry (no %s)" % MODEL_CONFIG
+    declared_ck = _declared(last, "checkpoint")
+    if checkpoint == "best" and declared_ck:   # a folder that names its checkpoint (not the published one)
+        s.checkpoint = str(declared_ck) if str(declared_ck).endswith(".pth") else "checkpoint_%s.pth" % declared_ck
+        s.source["checkpoint"] = "%s/%s" % (last.name, MODEL_CONFIG)
     for conf in confs:
         p = pathlib.Path(root) / folder_name(entry, conf) / MODEL_CONFIG
         if p.is_file():
