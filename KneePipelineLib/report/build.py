@@ -195,8 +195,10 @@ def section_maps(rd, w: _Writer, trange) -> Section:
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     _colorbar_strip(fig, trange, "viridis", "cartilage thickness (mm)", [0.945, 0.15, 0.015, 0.7])
     name = w.save(fig, "thickness_maps.png", dpi=90)
-    sec.figures.append(Figure(name, "Thickness maps", "Black lines: sub-region boundaries (Chondrometrics names). "
-                              "Femur map: top = trochlea, bottom = posterior condyles.",
+    sec.figures.append(Figure(name, "Thickness maps", "Black lines: region boundaries; dashed white: the femorotibial "
+                              "subregions (Chondrometrics codes, docs/MEASURES.md); 0 mm patches: denuded bone; "
+                              "blank: no cartilage or a failed ray. Femur map: top = trochlea, bottom = posterior "
+                              "condyles.",
                               {"colorbar-min-mm": trange[0], "colorbar-max-mm": trange[1]}))
     return sec
 

@@ -6,7 +6,8 @@ posterior condyles). Tibia: orthographic projection onto the axial plane seen fr
 projection onto the coronal plane seen from posterior (its articular face). Region boundaries are the
 contours between the sub-region codes carried by the vertices (solid black); the Chondrometrics
 subregions (``subregion`` point array: cMT ... iLT, ecMF ... icLF; Wirth & Eckstein 2008) are drawn as
-dashed white borders with their codes.
+dashed white borders with their codes. Denuded bone (``cartilage_status`` 2) is drawn as 0 mm; failed rays
+are left blank.
 """
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def _ml_axis(points: np.ndarray) -> np.ndarray:
     return best * np.sign(best[0])
 
 
+def _drawn(mesh) -> np.ndarray:
+    """Vertices drawn on a map: a thickness, or denuded bone (cartilage_status 2, drawn as 0 mm like
+    ThCtAB counts it); failed rays stay blank."""
+    ok = np.isfinite(mesh.thickness_mm)
+    st = mesh.arrays.get("cartilage_status")
+    if st is not None and len(st) == len(ok):
+        ok |= st == 2
+    return ok
+
+
 def _keep(tris: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return tris[np.all(ok[tris], axis=1)]
 
@@ -50,7 +61,7 @@ def femur_map(mesh, side: str) -> Optional[FlatMap]:
     th, reg = mesh.thickness_mm, mesh.region
     if th is None:
         return None
-    ok = np.isfinite(th)
+    ok = _drawn(mesh)
     if reg is not None:
         ok &= np.isin(reg, [11, 12, 13, 14, 15]) | (reg == 0)
     if ok.sum() < 10:
@@ -82,7 +93,7 @@ def projected_map(mesh, structure: str, side: str) -> Optional[FlatMap]:
     th, reg = mesh.thickness_mm, mesh.region
     if th is None:
         return None
-    ok = np.isfinite(th)
+    ok = _drawn(mesh)
     if ok.sum() < 10:
         return None
     P = mesh.points_mm

@@ -15,6 +15,7 @@ ANISOTROPY_MAX = 4.0
 FEMUR_ML_WIDTH_MM = (55.0, 110.0)   # adult femoral condyle width, generous
 THICKNESS_MEAN_MM = (0.3, 5.0)      # plausible regional mean cartilage thickness
 BSCORE_PLAUSIBLE = (-6.0, 10.0)
+DENUDED_PCT_MAX = 5.0       # dAB% of a region or subregion worth a look (docs/MEASURES.md)
 EXPECTED_BONES = ("femur", "tibia", "patella")
 EXPECTED_CARTILAGE = ("femoral_cartilage", "medial_tibial_cartilage", "lateral_tibial_cartilage",
                       "patellar_cartilage")
@@ -23,7 +24,7 @@ EXPECTED_CARTILAGE = ("femoral_cartilage", "medial_tibial_cartilage", "lateral_t
 @dataclass
 class Finding:
     severity: str    # "error" | "warning" | "info"
-    category: str    # missing structure | coverage | geometry | fit quality | run
+    category: str    # missing structure | coverage | denuded | geometry | fit quality | run
     message: str
 
 
@@ -76,6 +77,14 @@ def findings(rd) -> List[Finding]:
             if cv is not None and cv < COVERAGE_MIN:
                 out.append(Finding("warning", "coverage", "%s (%s): %s %.2f < %.2f - thickness measured on only part of the region."
                                    % (reg.display, reg.chondrometrics, k, cv, COVERAGE_MIN)))
+    # -- Chondrometrics: denuded subchondral bone ---------------------------------------------
+    for r in res.get("regions", []) or []:
+        d = _f(r.get("dAB%")) if r.get("kind") in ("region", "subregion") else None
+        if d is not None and d >= DENUDED_PCT_MAX:
+            out.append(Finding("warning", "denuded", "%s (%s): %.1f %% of the subchondral bone area is denuded (dAB%%: "
+                               "no cartilage voxel on the thickness ray) - a full-thickness lesion or a hole in the "
+                               "segmentation; look at the map." % (r.get("display") or r.get("name"),
+                                                                   r.get("chondrometrics") or "", d)))
     # -- input geometry -----------------------------------------------------------------------
     vol = rd.image if rd.image is not None else rd.labels
     if vol is not None:
