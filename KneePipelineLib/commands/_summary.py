@@ -45,7 +45,8 @@ def run_summary(out_dir: str, command: str, all_regions: bool = False) -> str:
         command, man.get("status", "complete"), seconds, lat.get("side", "?"))]
     regions = res.get("regions") or []
     names = {r["name"] for r in regions if r.get("kind", "region") == "region"}
-    rows = [r for r in regions if all_regions or r.get("kind") == "plate"]
+    # the plates (all regions with ``all_regions``); finer sub-regions stay in the tables
+    rows = [r for r in regions if r.get("kind", "region") in (("region", "plate") if all_regions else ("plate",))]
     if rows:
         lines.append("Cartilage thickness, mean mm (coverage):")
         for r in rows:
