@@ -5,6 +5,8 @@ taking the machine down).
 The estimates are upper bounds of each step's peak working set, built from the arrays it allocates:
 * morphometry: per structure, the native crop (mask + smoothed float32 field) and the 1 mm / 0.5 mm resampled
   fields the bone meshes are contoured on, plus the whole-volume label and region maps;
+* t2: the echo stack (float32) with two working copies plus ~16 float64 per-voxel fit arrays (the bench's
+  1.0 M-voxel MESE fit peaks at 441 MB RSS; the estimate is 0.82 GB);
 * segmentation: the image resampled to the model's spacing (a knee model works at <= 0.7 mm) times the
   class logits (float16) and probabilities (float32) nnU-Net keeps for the whole volume.
 
@@ -124,3 +126,8 @@ def segmentation_bytes(shape_ijk, spacing_mm, n_classes: int = SEGMENTATION_CLAS
     # image (+ normalised copy), float16 logits accumulated over tiles, float32 probabilities at export, labels
     per_voxel = 4 * 2 + n_classes * (2 + 4) + 1
     return BASELINE_BYTES + int(n * per_voxel)
+
+
+def t2_bytes(n_echo: int, n_voxels: int) -> int:
+    """Upper estimate of the T2 step's peak memory for ``n_echo`` echoes of ``n_voxels`` voxels."""
+    return BASELINE_BYTES + int(n_voxels) * (int(n_echo) * 4 * 3 + 8 * 16)

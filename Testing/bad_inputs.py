@@ -289,7 +289,8 @@ def _mese_echo(src: Path, dest: Path, edit: Optional[Callable[[Any, int], None]]
     dest.mkdir()
     files = sorted(str(f) for f in src.iterdir())
     groups = dicom.group_by_echo(files)
-    chosen = files if all_echoes else groups[sorted(groups)[0]]
+    tes = sorted(groups)
+    chosen = [f for te in tes[:3] for f in groups[te]] if all_echoes else groups[tes[0]]   # 3 echoes: enough
     chosen = sorted(chosen, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[0]))
     for n, f in enumerate(chosen):
         if drop is not None and n == drop:

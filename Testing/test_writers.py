@@ -166,3 +166,23 @@ def test_free_bytes_of_a_real_folder(tmp_path):
     for _ in range(100):
         W.free_bytes(tmp_path)
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_memory_estimates_follow_the_physical_size_and_refuse_before_the_step():
+    from KneePipelineLib import resources as R
+    from KneePipelineLib.errors import InsufficientMemoryError
+
+    arr = np.zeros((40, 64, 64), np.uint8)
+    arr[5:30, 10:50, 10:50] = 7        # a femur-sized block
+    arr[30:33, 12:48, 12:48] = 2
+    knee_like = R.morphometry_bytes(arr, (0.4, 0.4, 0.7))
+    same_voxels_10mm = R.morphometry_bytes(arr, (10.0, 10.0, 10.0))
+    assert knee_like < 1.5e9 and same_voxels_10mm > 5e9   # 10 mm voxels: 0.6 m of bone resampled at 0.5 mm
+    native = R.segmentation_bytes((384, 384, 160), (0.36, 0.36, 0.7))
+    assert native < 4e9 and R.segmentation_bytes((384, 384, 160), (3.6, 3.6, 7.0)) > 20 * native   # resampled
+    assert R.t2_bytes(8, 1_000_000) < 1e9
+    with R.simulated_available_memory(int(2e9)):
+        R.require_memory(int(1e9), "morphometry", "a test")
+        with pytest.raises(InsufficientMemoryError, match="morphometry step would need about 3.0 GB"):
+            R.require_memory(int(3e9), "morphometry", "a test")
+    assert R.available_bytes() > 0

@@ -15,6 +15,10 @@ def step_t2(ctx: RunContext) -> None:
     echoes = ctx.data.pop("echoes", None)   # read (and checked) by the input step
     if echoes is None:
         echoes = T2.load_echoes(list(o.echoes or []), o.echo_times_ms)
+    from ..resources import require_memory, t2_bytes
+
+    n_echo, n_vox = int(echoes.images.shape[0]), int(echoes.images[0].size)
+    require_memory(t2_bytes(n_echo, n_vox), "t2", "fitting %d echoes of %d voxels" % (n_echo, n_vox))
     if len(echoes.echo_times_ms) == 2:   # qDESS: the analytic two-echo estimator
         sub(0.3, "qDESS T2 from two echoes")
         geo = echoes.geometry
