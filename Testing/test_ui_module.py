@@ -205,7 +205,7 @@ def test_every_run_option_survives_to_argv_and_the_cli(tmp_path):
                    bone_smooth_var_mm2=1.0, cartilage_smooth_var_mm2=0.2, mesh_format="vtk", echoes=["e1", "e2"],
                    echo_times_ms=[10.0, 20.0], t2_drop_first_echo=False, qdess_params={"tr_ms": 5.0}, nsm="both",
                    nsm_dir="/n", bscore_dir="/b", nsm_iterations=10, nsm_samples=100, nsm_patience=5, nsm_mesh_resolution=128,
-                   nsm_precision="bf16", seed=3, t2_stats_range_ms=[5.0, 90.0],
+                   nsm_precision="bf16", seed=3, t2_stats_range_ms=[5.0, 90.0], profile="fast",
                    report=False, resume=True, timeout_s=300.0, step_timeouts_s={"segmentation": 900.0})
     rejected = []
     for f in dataclasses.fields(RunOptions):
