@@ -4,8 +4,12 @@ HELP = "cartilage change between a baseline and follow-up runs of the same knee"
 DESCRIPTION = (
     "Compare run folders of one knee (from `run` or `analyze`): each follow-up bone is rigidly registered onto "
     "the baseline bone, its thickness mapped onto the baseline vertices, and the change reported per point and "
-    "per region.\n\nExample:\n  kneepipeline longitudinal --baseline runs/knee01_v00 --followup runs/knee01_v24 "
-    "--out runs/knee01_change")
+    "per region.")
+USAGE = "--baseline RUN_DIR --followup RUN_DIR [--followup RUN_DIR ...] --out DIR [options]"
+EXAMPLES = [
+    "kneepipeline longitudinal --baseline runs/knee01_v00 --followup runs/knee01_v24 --out runs/knee01_change",
+    "kneepipeline longitudinal --baseline runs/k1_v00 --followup runs/k1_v12 --followup runs/k1_v24 --out runs/k1_change",
+]
 
 
 def add_arguments(p):
@@ -24,7 +28,6 @@ def add_arguments(p):
 
 def main(args, progress):
     import math
-    import sys
 
     from ..errors import InvalidInputError
     from ..longitudinal import compare_runs
@@ -38,10 +41,13 @@ def main(args, progress):
                        max_distance_mm=args.max_distance_mm)
     progress.result(out_dir=str(args.out), longitudinal=str(args.out) + "/longitudinal.json",
                     warnings=doc["warnings"])
+    lines = [""]   # the closing summary (a person at a terminal; not with --json or --progress json)
     for v in doc["followups"]:
-        sys.stderr.write("%s vs %s:\n" % (v["visit"], doc["baseline"]["visit"]))
+        lines.append("%s vs %s:" % (v["visit"], doc["baseline"]["visit"]))
         for r in v["regions"]:
             if r["change_mean_mm"] is not None:
-                sys.stderr.write("  %-30s %+7.3f mm (%+6.2f %%)\n" % (r["name"], r["change_mean_mm"],
-                                                                   r["change_percent"] or 0.0))
+                lines.append("  %-30s %+7.3f mm (%+6.2f %%)" % (r["name"], r["change_mean_mm"],
+                                                              r["change_percent"] or 0.0))
+    lines.append("Results:  %s/longitudinal.json" % args.out)
+    progress.say("\n".join(lines))
     return 0
