@@ -190,8 +190,8 @@ class Progress:
                 stream.flush()
         if self.face.bar:
             with self._lock:
-                if self._bar is None:
-                    self._bar = _Bar(sys.stderr)
+                if self._bar is None:   # stray prints to a terminal stdout go above the bar too
+                    self._bar = _Bar(sys.stderr, redirect_stdout=not self.face.json_lines and _isatty(sys.stdout))
             self._bar.handle(obj)
 
     def hello(self, command: str, library_version: str) -> None:
@@ -267,7 +267,7 @@ class _Bar:
     It reads the same events the protocol carries, so what a person sees is what a program would parse.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, redirect_stdout: bool = False) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
@@ -278,7 +278,7 @@ class _Bar:
             SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
             TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
             TextColumn("{task.fields[message]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
-            console=self.console, redirect_stdout=False, redirect_stderr=True, refresh_per_second=8,
+            console=self.console, redirect_stdout=redirect_stdout, redirect_stderr=True, refresh_per_second=8,
             expand=True)
         self.task: Optional[Any] = None
         self.command = ""
