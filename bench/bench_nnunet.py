@@ -1,6 +1,7 @@
 """Benchmark: nnU-Net ResEnc-M (published geometry, random weights) through our backend vs nnunetv2 directly.
 
     python bench/bench_nnunet.py [--quick] [--device cpu|cuda] [--steps 0.5 1.0] [--threads N]
+    python bench/bench_nnunet.py --full [--profiles default fast] [--threads 2] [--limit-s 3600]
 
 The network is the published one (6 stages, features 32-64-128-256-320-320, residual blocks 1-3-4-6-6-6,
 patch 56x192x160, spacing 0.8x0.3125x0.3125 mm, 10 classes; ~102 M parameters) with random weights. The
@@ -9,6 +10,15 @@ full run segments a 384x384x160 volume at 0.36x0.36x0.7 mm (~80 tiles at step 0.
 per configuration. "direct" is nnUNetPredictor + initialize_from_trained_model_folder +
 predict_single_npy_array (what a user would write); "ours" is KneePipeline's predict_nnunet with
 post-processing off (post-processing is timed separately). Writes bench/results/nnunet-<date>.json.
+
+``--full`` measures what a user waits for: ``kneepipeline segment`` (a fresh process, as a user runs it) on a
+real-size synthetic knee (the pymskt sample label map, 384x384x160 at 0.36x0.36x0.7 mm with its oblique
+direction, turned into a DESS-like image by Testing/synthetic_mri.py) with the full-size network, once per
+``--profiles`` entry, on ``--threads`` threads. It records wall time, the tiles, the time of every tile (from
+the JSON progress lines) with the CPU seconds the process had used by then (robust to other load on
+the machine, unlike wall time), and the child's peak RSS (VmHWM polled every second). A run that passes
+``--limit-s`` is stopped and recorded as unfinished with the tiles it completed: no figure is extrapolated.
+Writes bench/results/nnunet-full-<date>.json (also after each profile, so a killed bench keeps its figures).
 """
 from __future__ import annotations
 
@@ -111,12 +121,137 @@ def child(args) -> int:
     return 0
 
 
+def _peak_rss_of(pid: int) -> float:
+    try:
+        for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cpu_seconds_of(pid: int) -> float:
+    """user + system CPU time of a running process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def full_segment_run(root: Path, image_path: Path, out_dir: Path, profile: str, threads: int, device: str,
+                     limit_s: float, log) -> dict:
+    """One ``kneepipeline segment`` process; tile times from its JSON progress lines."""
+    import re
+    import threading
+
+    cmd = [sys.executable, "-m", "KneePipelineLib", "--progress", "json", "segment", "--image", str(image_path),
+           "--out", str(out_dir), "--model", "nnunet_fullres", "--model-dir", str(root), "--device", device,
+           "--threads", str(threads), "--offline"] + (["--profile", profile] if profile != "default" else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    peak = [0.0]
+    stop = threading.Event()
+
+    def poll():
+        while not stop.wait(1.0):
+            peak[0] = max(peak[0], _peak_rss_of(proc.pid))
+
+    def killer():
+        if not stop.wait(limit_s):
+            proc.kill()
+
+    stderr_tail = []
+    threading.Thread(target=poll, daemon=True).start()
+    threading.Thread(target=killer, daemon=True).start()
+    threading.Thread(target=lambda: stderr_tail.extend(proc.stderr.read().splitlines()[-30:]), daemon=True).start()
+    tile_times, tile_cpu, total_tiles, model = [], [], None, None
+    pat = re.compile(r"tile (\d+) of (\d+)")
+    for line in proc.stdout:
+        now = time.perf_counter() - t0
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        m = pat.search(str(msg.get("message", "")))
+        if m and int(m.group(1)) > len(tile_times):
+            tile_times.append(round(now, 1))
+            tile_cpu.append(round(_cpu_seconds_of(proc.pid), 1))
+            total_tiles = int(m.group(2))
+            log("  %s: tile %s of %s at %.0f s" % (profile, m.group(1), m.group(2), now))
+    cpu_at_end = _cpu_seconds_of(proc.pid)  # before wait() reaps it
+    rc = proc.wait()
+    stop.set()
+    wall = time.perf_counter() - t0
+    info = out_dir / "segmentation.json"
+    if rc == 0 and info.is_file():
+        model = json.loads(info.read_text())["model"]
+    out = {"profile": profile, "threads": threads, "device": device, "finished": rc == 0, "exit_code": rc,
+           "wall_seconds": round(wall, 1), "tiles_done": len(tile_times), "tiles_total": total_tiles,
+           "tile_done_at_s": tile_times, "tile_done_at_cpu_s": tile_cpu,
+           "cpu_seconds_at_end": round(cpu_at_end, 1), "peak_rss_mb": round(peak[0], 1)}
+    if len(tile_times) >= 2:  # CPU seconds per tile do not depend on how loaded the machine is (wall does)
+        out["seconds_per_tile_median"] = round(float(np.median(np.diff(tile_times))), 2)
+        out["cpu_seconds_per_tile_median"] = round(float(np.median(np.diff(tile_cpu))), 2)
+    if model is not None:
+        out.update({"model_seconds": model.get("seconds"), "tiles": model.get("tiles"),
+                    "step_size": model.get("step_size"), "precision": model.get("precision")})
+    elif rc != 0:
+        out["stopped"] = "killed at the %.0f s limit" % limit_s if wall >= limit_s - 1 else "failed"
+        out["stderr_tail"] = stderr_tail
+    return out
+
+
+def full(args) -> int:
+    import synthetic_mri as S
+    from KneePipelineLib.benchinfo import write_result
+    from KneePipelineLib.io.readers import write_volume
+    from KneePipelineLib.sample_data import SAMPLE_LABELS, ensure_sample_data
+
+    shared = Path(os.environ.get("KNEEPIPELINE_SHARED", ROOT.parent / "shared")) / "data" / SAMPLE_LABELS
+    labels_path = shared if shared.is_file() else Path(ensure_sample_data()) / SAMPLE_LABELS
+    threads = args.threads or 2
+    figures = {"what": "kneepipeline segment, nnunet_fullres = ResEnc-M (published geometry, random weights), "
+                       "real-size synthetic knee", "threads": threads, "device": args.device, "runs": [],
+               "load_note": args.note}
+
+    def log(text):
+        print(text, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-nnunet-full-") as tmp:
+        t0 = time.perf_counter()
+        root = build_model(Path(tmp) / "model")
+        sample = S.load_sample_labels(labels_path)
+        image = S.synthesize_mri(sample, seed=90_003)
+        image_path = Path(tmp) / "knee_fullsize.nii.gz"
+        write_volume(image, image_path)
+        figures.update({"volume_ijk": list(image.shape_ijk), "spacing_mm": [round(float(s), 4) for s in image.spacing_mm]})
+        log("model and %s image ready in %.0f s" % ("x".join(map(str, image.shape_ijk)), time.perf_counter() - t0))
+        path = None
+        for profile in args.profiles:
+            r = full_segment_run(root, image_path, Path(tmp) / ("out-" + profile), profile, threads, args.device,
+                                 args.limit_s, log)
+            figures["runs"].append(r)
+            log("%s: %s" % (profile, json.dumps({k: v for k, v in r.items() if k != "tile_done_at_s"})))
+            if path is not None:
+                path.unlink()
+            path = write_result("nnunet-full", figures)
+            log("wrote %s" % path)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="160x160x64 volume instead of 384x384x160")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     ap.add_argument("--steps", type=float, nargs="+", default=[0.5, 1.0])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--full", action="store_true", help="kneepipeline segment on a real-size knee (see above)")
+    ap.add_argument("--profiles", nargs="+", default=["default"], help="--full: segmentation profiles to run")
+    ap.add_argument("--limit-s", type=float, default=3600.0, help="--full: stop a run after this many seconds")
+    ap.add_argument("--note", default="", help="--full: recorded with the figures (e.g. the machine's load)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--step", type=float, default=0.5, help=argparse.SUPPRESS)
@@ -124,6 +259,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.full:
+        return full(args)
 
     import torch
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import CHECKPOINTS, DEVICE_CHOICES, MESH_FORMATS, NSM_CHOICES, NSM_PRECISIONS, RunOptions
+from ..options import CHECKPOINTS, DEVICE_CHOICES, MESH_FORMATS, NSM_CHOICES, NSM_PRECISIONS, PROFILES, RunOptions
 
 INPUT, MODEL, MESHES, T2, NSM, OUTPUT, LIMITS = (
     "input", "segmentation model", "meshes", "T2", "shape model (NSM)", "output", "limits")
@@ -55,6 +55,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     g.add_argument("--tta", action="store_true", help="test-time mirroring (slower, slightly better)")
     g.add_argument("--step-size", type=float, default=d.step_size, metavar="FRACTION", help="sliding-window tile step (0-1]")
+    g.add_argument("--profile", choices=PROFILES, default=d.profile,
+                   help="fast: nnU-Net tile step 1.0 (about 3x fewer tiles, Dice within ~0.02 on our tests; "
+                        "docs/SPEED.md); default: step --step-size")
     g.add_argument("--batch-size", type=int, metavar="N", help="2D U-Nets: slices per batch (default 4 on CPU, 16 on GPU)")
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep every connected component and bone holes")
@@ -84,11 +87,13 @@ def add_nsm_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nsm-dir", metavar="DIR", help="local NSM model folder (model_params_config.json + model/<epoch>.pth)")
     g.add_argument("--bscore-dir", metavar="DIR", help="B-score model folder (model.json)")
     g.add_argument("--nsm-iterations", type=int, default=d.nsm_iterations, metavar="N",
-                   help="fit iterations (default %(default)s)")
+                   help="fit iterations (default: the model config's num_iterations_recon, 2000 when absent)")
     g.add_argument("--nsm-samples", type=int, default=d.nsm_samples, metavar="N",
-                   help="surface points per iteration (default %(default)s)")
+                   help="surface points per iteration, split across the surfaces (default: the model config's "
+                        "n_samples_latent_recon, 20000 when absent; every vertex when that covers them)")
     g.add_argument("--nsm-patience", type=int, default=d.nsm_patience, metavar="N",
-                   help="stop after this many iterations without improvement (default %(default)s)")
+                   help="stop once more than N iterations pass without improvement (default: the model "
+                        "config's convergence_patience_recon, 50 when absent)")
     g.add_argument("--nsm-mesh-resolution", type=int, default=d.nsm_mesh_resolution, metavar="N",
                    help="NSM mesh grid over [-1,1]^3, coarse-to-fine narrow band; 0 = latent only "
                         "(default %(default)s)")

@@ -101,6 +101,7 @@ def _predictor_class():
         kp_callback: ProgressFn = None
         kp_total = 0
         kp_done = 0
+        kp_cpu_bf16 = False          # bf16 autocast around the network (CPU with native bf16 only)
 
         def _internal_get_sliding_window_slicers(self, image_size):
             slicers = super()._internal_get_sliding_window_slicers(image_size)
@@ -109,7 +110,14 @@ def _predictor_class():
             return slicers
 
         def _internal_maybe_mirror_and_predict(self, x):
-            out = super()._internal_maybe_mirror_and_predict(x)
+            if self.kp_cpu_bf16:
+                import torch
+
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = super()._internal_maybe_mirror_and_predict(x)
+                out = out.float()  # gaussian weighting and accumulation exactly as nnU-Net's
+            else:
+                out = super()._internal_maybe_mirror_and_predict(x)
             self.kp_done += 1
             if self.kp_callback is not None:
                 self.kp_callback(self.kp_done, self.kp_total)
@@ -155,12 +163,15 @@ def _run_stage(folder: pathlib.Path, image: Volume, prev: Optional[np.ndarray], 
     """Predict one configuration; returns {"seg": (k, j, i) array, "tiles": n}. Frees the model after."""
     import torch
 
+    from .cpu_speed import use_cpu_bf16
+
     reader = _reader_name(folder)
     cls = _predictor_class()
-    predictor = cls(tile_step_size=float(options.step_size), use_gaussian=True, use_mirroring=bool(options.tta),
+    predictor = cls(tile_step_size=options.effective_step_size(), use_gaussian=True, use_mirroring=bool(options.tta),
                     perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                     verbose_preprocessing=False, allow_tqdm=False)
     predictor.kp_callback = tick
+    predictor.kp_cpu_bf16 = device.type == "cpu" and use_cpu_bf16()
     try:
         try:
             predictor.initialize_from_trained_model_folder(str(folder), use_folds=_fold_args(folds),
@@ -260,6 +271,9 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
             report(0.95 * si / n_stages, "nnU-Net %s on %s (folds %s, %s)" % (conf, used_device.type, ",".join(folds), ck))
             with _quiet_stdout():
                 out = _run_with_fallback(folder, frame_image, prev, used_device, options, folds, ck, tick, report)
+            if out["device"].type != used_device.type:
+                warnings.append("The %s ran out of memory in nnU-Net %s; it ran on the CPU instead (slower)."
+                                % (used_device.type.upper(), conf))
             used_device = out["device"]
             tiles.append(out["tiles"])
             prev = out["seg"][None].astype(np.float32)  # what nnU-Net's read_seg gives for a prediction file
@@ -291,7 +305,8 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
         "source": "model_dir" if options.model_dir else "hub",
         "path": str(model_root), "configurations": [f.name for f in folders],
         "folds": folds, "checkpoint": ck, "sha256": file_manifest(model_root, entry, folds, options.checkpoint),
-        "device": used_device.type, "tta": bool(options.tta), "step_size": float(options.step_size),
+        "device": used_device.type, "tta": bool(options.tta), "step_size": options.effective_step_size(),
+        "profile": options.profile, "precision": _precision(used_device),
         "postprocess": bool(options.postprocess), "tiles": tiles, "seconds": round(seconds, 3),
         "threads": options.threads or old_threads, "nnunetv2": nnunet_version, "torch": torch.__version__,
         "label_convention": entry.label_convention,
@@ -301,6 +316,15 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
     model["files"] = sorted(model["sha256"])
     report(1.0, "nnU-Net done in %.1f s" % seconds)
     return SegmentationResult(labels=labels, model=model)
+
+
+def _precision(device) -> str:
+    """What arithmetic the network ran in (nnU-Net: fp16 autocast on CUDA; ours: bf16 autocast on a native-bf16 CPU)."""
+    from .cpu_speed import use_cpu_bf16
+
+    if device.type == "cuda":
+        return "fp16-autocast"
+    return "bf16-autocast" if device.type == "cpu" and use_cpu_bf16() else "fp32"
 
 
 def _run_with_fallback(folder, image, prev, device, options, folds, ck, tick, report) -> Dict[str, Any]:

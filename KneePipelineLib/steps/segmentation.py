@@ -24,6 +24,7 @@ def segmentation_key(options: RunOptions) -> str:
 
     keep = {k: getattr(options, k) for k in ("model", "model_dir", "folds", "checkpoint", "tta", "step_size",
                                                "postprocess")}
+    keep["step_size"] = options.effective_step_size()  # --profile fast is step 1.0
     keep["image"] = _file_fingerprint(options.image)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
