@@ -203,6 +203,11 @@ def test_real_knee_every_subregion_present_and_plausible(real_knee_morphometry):
         assert get_point_array(r.meshes[bone], "subregion") is not None
         st = get_point_array(r.meshes[bone], "cartilage_status")
         assert set(np.unique(st)) <= {C.OUTSIDE, C.COVERED, C.DENUDED, C.MISS}
+    # the subregions label map: parent voxels relabelled, everything else as in the regions map
+    sv, rv = r.subregions_volume.array, r.regions_volume.array
+    parents = np.isin(rv, [s.parent for s in C.SUBREGIONS])
+    assert np.array_equal(sv[~parents], rv[~parents])
+    assert set(np.unique(sv[parents])) == {s.code for s in C.SUBREGIONS}
     d = get_point_array(r.meshes["medial_tibial_cartilage"], "thickness_nearest_mm")
     assert np.isfinite(d).mean() > 0.3 and np.nanmax(d) < 8
 

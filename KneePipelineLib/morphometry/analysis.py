@@ -42,7 +42,7 @@ from ..io.volume import Volume
 from .mesh import (field_normals, mesh_from_field, mesh_from_field_target_points, polydata_arrays, set_normals,
                    set_point_array, smoothed_crop, vertex_areas)
 from . import chondrometrics as C
-from .bone_interface import BoneInterface, bone_interface, euclidean_thickness, subregion_voxel_counts
+from .bone_interface import BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels
 from .raycast import cartilage_length_on_rays, thickness_on_surface
 from .regions import crop_bone, femoral_subregions, knee_frame
 
@@ -113,6 +113,8 @@ class MorphometryResult:
     miss_causes: Dict[str, Tuple[int, int, int]] = field(default_factory=dict)
     # per bone: tAB, vertex status and subregions (see bone_interface)
     interfaces: Dict[str, BoneInterface] = field(default_factory=dict)
+    # the regions label map with the Chondrometrics subregion codes (51-55, 61-65, 71-73, 81-83) in place
+    subregions_volume: Optional[Volume] = None
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -229,6 +231,7 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
     report(0.7, "cartilage thickness")
     per_bone = {}
     interfaces: Dict[str, BoneInterface] = {}
+    subregions_arr = regions_arr.copy()
     ac: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     miss_causes: Dict[str, Tuple[int, int, int]] = {}
     for bone, (carts, codes) in BONE_CARTILAGE.items():
@@ -268,7 +271,8 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         lap("thickness_" + bname)
         if carts_here:
             interfaces[bname], ac[bone] = _standard_measures_inputs(
-                poly, thick, region, area, lab, carts_here, frame, info, settings, meshes, regions_volume)
+                poly, thick, region, area, lab, carts_here, frame, info, settings, meshes, regions_volume,
+                subregions_arr)
             lap("chondrometrics_" + bname)
 
     report(0.9, "regional statistics")
@@ -306,14 +310,14 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
     lap("stats")
     report(1.0, "morphometry done")
     return MorphometryResult(laterality, meshes, regions_volume, stats, warnings, frame, timings, miss_causes,
-                             interfaces)
+                             interfaces, lab.with_array(subregions_arr))
 
 
 _PLATE_CODES = {"femur": "F", "tibia_medial": "MT", "tibia_lateral": "LT", "patella": "P"}
 
 
 def _standard_measures_inputs(poly, thick, region, area, lab, carts_here, frame, info, settings, meshes,
-                              regions_volume):
+                              regions_volume, subregions_arr):
     """tAB / status / subregions of one bone (point arrays set on it) and the Euclidean thickness on its
     cartilage meshes: (BoneInterface, (AC thickness, AC area, AC region, AC subregion) over its cartilages)."""
     from vtk.util.numpy_support import vtk_to_numpy
@@ -324,7 +328,11 @@ def _standard_measures_inputs(poly, thick, region, area, lab, carts_here, frame,
     rot = info.condylar_rotation_deg if (is_femur and info is not None) else 0.0
     bi = bone_interface(pts, tris, normals, thick, region, area, lab, carts_here, frame, rot,
                         settings.ray_inner_mm, settings.ray_outer_mm)
-    bi.voxel_counts = subregion_voxel_counts(regions_volume, bi)
+    label_subregion_voxels(regions_volume, bi, subregions_arr)
+    if bi.rules:
+        codes = [s.code for s in C.SUBREGIONS if s.parent in bi.rules]
+        counts = np.bincount(subregions_arr[np.isin(subregions_arr, codes)].ravel(), minlength=256)
+        bi.voxel_counts = {c: int(counts[c]) for c in codes}
     set_point_array(poly, "subregion", bi.subregion.astype(np.int32))
     set_point_array(poly, "cartilage_status", bi.status.astype(np.int32))
     parts = []

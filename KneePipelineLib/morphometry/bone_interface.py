@@ -237,15 +237,11 @@ def euclidean_thickness(cart_points: np.ndarray, cart_triangles: np.ndarray, bon
     return dist, reg, sub
 
 
-def subregion_voxel_counts(regions_volume, bi: BoneInterface) -> Dict[int, int]:
-    """Voxel count per subregion code: each voxel of a subdivided region (regions label map) goes to the
-    subregion its own position falls in, so the subregion volumes add up to the region's."""
-    out: Dict[int, int] = {}
+def label_subregion_voxels(regions_volume, bi: BoneInterface, out: np.ndarray) -> None:
+    """Write the subregion code of every voxel of a subdivided region (regions label map) into ``out`` (a copy
+    of the regions array): the fitted rule applied at the voxel's own position, so the subregion volumes add
+    up to the region's."""
     for parent, rule in bi.rules.items():
         k, j, i = np.nonzero(regions_volume.array == parent)
-        if len(k) == 0:
-            continue
-        codes = rule.assign(regions_volume.ijk_to_lps(np.stack([i, j, k], axis=1).astype(float)))
-        for c, cnt in zip(*np.unique(codes, return_counts=True)):
-            out[int(c)] = out.get(int(c), 0) + int(cnt)
-    return out
+        if len(k):
+            out[k, j, i] = rule.assign(regions_volume.ijk_to_lps(np.stack([i, j, k], axis=1).astype(float)))

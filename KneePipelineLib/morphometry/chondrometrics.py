@@ -59,28 +59,33 @@ class Subregion:
     color: Tuple[int, int, int]
 
 
-def _tibial(base: int, plate: str, parent: int, hue: Sequence[Tuple[int, int, int]]) -> List[Subregion]:
+def region_color(code: int) -> Tuple[int, int, int]:
+    """Colour of a region code in the regions label map as Slicer shows it (the golden-ratio hue rule of
+    slicer_io.loader), so the results table's legend matches the label map."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((code * 0.618033988749895) % 1.0, 0.55, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _tibial(base: int, plate: str, parent: int) -> List[Subregion]:
     side = "Medial" if plate == "MT" else "Lateral"
     parts = ("central", "anterior", "posterior", "external", "internal")
-    return [Subregion(base + i, p[0] + plate, "%s tibia, %s" % (side, p), parent, p, hue[i])
+    return [Subregion(base + i, p[0] + plate, "%s tibia, %s" % (side, p), parent, p, region_color(base + i))
             for i, p in enumerate(parts)]
 
 
-def _femoral(base: int, plate: str, parent: int, hue: Sequence[Tuple[int, int, int]]) -> List[Subregion]:
+def _femoral(base: int, plate: str, parent: int) -> List[Subregion]:
     side = "medial" if plate == "MF" else "lateral"
     parts = ("external", "central", "internal")
     return [Subregion(base + i, p[0] + "c" + plate, "Central (weight-bearing) %s femur, %s" % (side, p),
-                      parent, p, hue[i]) for i, p in enumerate(parts)]
+                      parent, p, region_color(base + i)) for i, p in enumerate(parts)]
 
 
-SUBREGIONS: List[Subregion] = (
-    _tibial(51, "MT", L.MEDIAL_TIBIAL_CARTILAGE,
-            [(196, 78, 62), (233, 150, 122), (150, 60, 50), (240, 120, 90), (170, 100, 90)])
-    + _tibial(61, "LT", L.LATERAL_TIBIAL_CARTILAGE,
-              [(222, 186, 100), (245, 225, 170), (180, 150, 80), (250, 205, 120), (200, 180, 130)])
-    + _femoral(71, "MF", 12, [(60, 110, 200), (110, 160, 235), (40, 70, 150)])
-    + _femoral(81, "LF", 13, [(70, 170, 110), (140, 210, 160), (40, 120, 80)])
-)
+# codes 51-55 / 61-65 / 71-73 / 81-83 (the "subregion" point array and subregions.nii.gz); colours follow
+# the label-map rule so that Slicer's colour table and the results table's legend agree
+SUBREGIONS: List[Subregion] = (_tibial(51, "MT", L.MEDIAL_TIBIAL_CARTILAGE) + _tibial(61, "LT", L.LATERAL_TIBIAL_CARTILAGE)
+                               + _femoral(71, "MF", 12) + _femoral(81, "LF", 13))
 SUBREGION_BY_CODE: Dict[int, Subregion] = {s.code: s for s in SUBREGIONS}
 SUBREGION_BY_NAME: Dict[str, Subregion] = {s.name: s for s in SUBREGIONS}
 
@@ -93,15 +98,6 @@ UNITS: Dict[str, str] = {
 UNITS.update({"ThCtAB.P%02d" % _p: "mm" for _p in THICKNESS_PERCENTILES})
 UNITS.update({"ThCAC.P%02d" % _p: "mm" for _p in THICKNESS_PERCENTILES})
 MEASURE_NAMES: List[str] = list(UNITS)
-
-
-def region_color(code: int) -> Tuple[int, int, int]:
-    """Colour of a region code in the regions label map as Slicer shows it (the golden-ratio hue rule of
-    slicer_io.loader), so the results table's legend matches the label map."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((code * 0.618033988749895) % 1.0, 0.55, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def hex_color(rgb: Sequence[int]) -> str:

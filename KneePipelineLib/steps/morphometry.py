@@ -41,6 +41,14 @@ def step_morphometry(ctx: RunContext) -> None:
     ctx.output("regions.nii.gz", "labelmap", lambda p: write_volume(res.regions_volume, p), step="morphometry",
                description="Cartilage sub-regions", coordinate_system="LPS", structure="regions",
                labels={str(k): v for k, v in L.region_label_names().items()})
+    if res.subregions_volume is not None:
+        from ..morphometry.chondrometrics import SUBREGIONS
+
+        names = dict(L.region_label_names())
+        names.update({s.code: s.name for s in SUBREGIONS})
+        ctx.output("subregions.nii.gz", "labelmap", lambda p: write_volume(res.subregions_volume, p), step="morphometry",
+                   description="Cartilage subregions (Chondrometrics: cMT ... icLF; docs/MEASURES.md)",
+                   coordinate_system="LPS", structure="subregions", labels={str(k): v for k, v in names.items()})
     ext = o.mesh_format
     for name, poly in res.meshes.items():
         arrays = [poly.GetPointData().GetArrayName(i) for i in range(poly.GetPointData().GetNumberOfArrays())]
