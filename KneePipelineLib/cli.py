@@ -167,7 +167,14 @@ def _report_error(err: KneePipelineError, progress: Progress) -> int:
     progress.close()
     sys.stderr.write("ERROR [%s]: %s\nHint: %s\n" % (err.category, err.message, err.hint))
     sys.stderr.flush()
+    if progress.face.result_only:   # --json: the final object of a failed command is its error
+        _print_object({"status": "failed", "error": err.to_dict()})
     return err.exit_code
+
+
+def _print_object(obj: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, allow_nan=False, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def _usage_error(message: str, hint: str) -> KneePipelineError:
@@ -210,10 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _report_error(err, progress)
     progress.close()
     if result_only and not args._own_json:
-        outcome = progress.outcome if progress.outcome is not None else {"status": "complete" if rc == 0 else
-                                                                          "failed"}
-        sys.stdout.write(json.dumps(outcome, allow_nan=False, default=str) + "\n")
-        sys.stdout.flush()
+        _print_object(progress.outcome if progress.outcome is not None else
+                      {"status": "complete" if rc == 0 else "failed"})
     return rc
 
 

@@ -112,3 +112,14 @@ def test_the_step_names_options_accept_are_the_pipeline_s_steps():
     from KneePipelineLib.pipeline import STEPS
 
     assert tuple(s.name for s in STEPS) == STEP_NAMES
+
+
+def test_with_json_a_failure_is_the_final_object(labels, tmp_path, capsys):
+    rc = main(["analyze", "--labels", str(labels), "--out", str(tmp_path / "o"), "--timeout", "nan", "--json"])
+    out, err = capsys.readouterr()
+    obj = json.loads(out)   # the only thing on stdout
+    assert rc == EXIT_CODES["configuration"] and obj["status"] == "failed"
+    assert obj["error"]["category"] == "configuration" and obj["error"]["exit_code"] == rc
+    rc = main(["analyze", "--labels", str(labels), "--json", "--no-such-option"])
+    obj = json.loads(capsys.readouterr().out)
+    assert rc == 2 and obj["error"]["category"] == "usage"

@@ -212,6 +212,9 @@ def test_models_and_doctor_at_a_terminal_and_with_json():
     assert_no_protocol(lines)
     proc = run_piped(["models", "--json"])
     assert proc.returncode == 0 and {r["id"] for r in json.loads(proc.stdout)} >= {"nnunet_fullres"}
+    proc = run_piped(["models"])   # piped without --json: the table on stderr, stdout holds no text
+    assert proc.returncode == 0 and any(ln.startswith("ID ") for ln in proc.stderr.splitlines())
+    events_of(proc.stdout)
 
     rc, text = run_in_terminal(["doctor"])   # (doctor --json: Testing/test_hub.py)
     lines = screen_lines(text)
