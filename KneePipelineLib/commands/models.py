@@ -16,18 +16,22 @@ EXAMPLES = [
 
 
 def add_arguments(p):
-    p.add_argument("--download", metavar="ID", nargs="+",
+    from ._common import OUTPUT, group
+
+    g = group(p, "actions")
+    g.add_argument("--download", metavar="ID", nargs="+",
                    help="download these models into the cache (all: every model with a download source)")
-    p.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
-    p.add_argument("--model-dir", help="check / use this local model folder instead of the cache")
-    p.add_argument("--cache-dir", help="model cache (default $KNEEPIPELINE_CACHE or ~/.cache/kneepipeline/hub)")
-    p.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds to fetch (default: the published ones)")
-    p.add_argument("--checkpoint", choices=("best", "final"), default="best")
-    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub or the Git host")
-    p.add_argument("--check", metavar="DIR", help="check that a model folder you already have is a registry model "
+    group(p, OUTPUT).add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+    g = group(p, "where the models are")
+    g.add_argument("--model-dir", help="check / use this local model folder instead of the cache")
+    g.add_argument("--cache-dir", help="model cache (default $KNEEPIPELINE_CACHE or ~/.cache/kneepipeline/hub)")
+    g.add_argument("--folds", type=int, nargs="+", help="nnU-Net folds to fetch (default: the published ones)")
+    g.add_argument("--checkpoint", choices=("best", "final"), default="best")
+    g.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub or the Git host")
+    group(p, "actions").add_argument("--check", metavar="DIR", help="check that a model folder you already have is a registry model "
                    "(nnU-Net: plans transpose/spacing, labels, fold and checkpoint; 2D nets: the .h5 input size "
                    "and classes) before any prediction; exits non-zero with the problem when it is not")
-    p.add_argument("--model", metavar="ID", help="with --check: the registry model DIR must be (default: any)")
+    group(p, "actions").add_argument("--model", metavar="ID", help="with --check: the registry model DIR must be (default: any)")
 
 
 def _row(entry, args) -> dict:
