@@ -9,10 +9,14 @@ EXAMPLES = [
 
 
 def add_arguments(p):
-    p.add_argument("--cache", help="where to put the files (default ~/.cache/kneepipeline/sample-data)")
-    p.add_argument("--archive", help="use an already downloaded mskt-0.1.22.tar.gz")
-    p.add_argument("--no-shared", dest="use_shared", action="store_false",
+    from ._common import INPUT, OUTPUT, group
+
+    g = group(p, INPUT)
+    g.add_argument("--archive", metavar="FILE", help="use an already downloaded mskt-0.1.22.tar.gz")
+    g.add_argument("--no-shared", dest="use_shared", action="store_false",
                    help="ignore a pre-filled shared/data folder next to the project")
+    group(p, OUTPUT).add_argument("--cache", metavar="DIR",
+                                  help="where to put the files (default ~/.cache/kneepipeline/sample-data)")
 
 
 def main(args, progress):
