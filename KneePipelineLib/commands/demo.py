@@ -9,9 +9,9 @@ EXAMPLES = [
 
 
 def add_arguments(p):
-    from ._common import OUTPUT, group
+    from ._common import INPUT, OUTPUT, group
 
-    p.add_argument("--cache", help="sample-data cache folder")
+    group(p, INPUT).add_argument("--cache", metavar="DIR", help="sample-data cache folder")
     g = group(p, OUTPUT)
     g.add_argument("--out", default="demo-output", help="output folder (default %(default)s)")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip the QC report")
