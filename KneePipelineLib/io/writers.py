@@ -116,6 +116,14 @@ def unwritable(exc: BaseException, path: PathLike) -> OutputUnwritableError:
     return OutputUnwritableError("Cannot write %s (%s)." % (path, reason))
 
 
+def _shown_name(path: Path) -> str:
+    """The name a user knows: a writer called on another writer's temporary file names the final file."""
+    name = path.name
+    if name.startswith(".tmp-") and "-" in name[5:]:
+        return name[5:].split("-", 1)[1]
+    return name
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], Any], expected_bytes: int = 0,
                  what: Optional[str] = None, allow_empty: bool = False,
                  reserve_bytes: int = RESERVE_BYTES) -> Path:
@@ -127,7 +135,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], expected_bytes: i
     """
     final = Path(path)
     folder = final.parent
-    label = what or final.name
+    label = what or _shown_name(final)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
