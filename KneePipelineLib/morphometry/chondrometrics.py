@@ -84,7 +84,8 @@ def _femoral(base: int, plate: str, parent: int) -> List[Subregion]:
 
 # codes 51-55 / 61-65 / 71-73 / 81-83 (the "subregion" point array and subregions.nii.gz); colours follow
 # the label-map rule so that Slicer's colour table and the results table's legend agree
-SUBREGIONS: List[Subregion] = (_tibial(51, "MT", L.MEDIAL_TIBIAL_CARTILAGE) + _tibial(61, "LT", L.LATERAL_TIBIAL_CARTILAGE)
+SUBREGIONS: List[Subregion] = (_tibial(51, "MT", L.MEDIAL_TIBIAL_CARTILAGE)
+                               + _tibial(61, "LT", L.LATERAL_TIBIAL_CARTILAGE)
                                + _femoral(71, "MF", 12) + _femoral(81, "LF", 13))
 SUBREGION_BY_CODE: Dict[int, Subregion] = {s.code: s for s in SUBREGIONS}
 SUBREGION_BY_NAME: Dict[str, Subregion] = {s.name: s for s in SUBREGIONS}
@@ -143,7 +144,8 @@ class TibialRule:
 
     def info(self) -> Dict[str, float]:
         return {"centre_ml_external_mm": self.centre[0], "centre_ap_mm": self.centre[1],
-                "semi_axis_ml_mm": self.scale * self.half_extent[0], "semi_axis_ap_mm": self.scale * self.half_extent[1]}
+                "semi_axis_ml_mm": self.scale * self.half_extent[0],
+                "semi_axis_ap_mm": self.scale * self.half_extent[1]}
 
 
 def fit_tibial(ml_ext_mm: np.ndarray, ap_mm: np.ndarray, area_mm2: np.ndarray, codes: Sequence[int],

@@ -221,7 +221,8 @@ def section_bars(rd, w: _Writer) -> Section:
     from ..morphometry.chondrometrics import MEASURE_NAMES
 
     # the standard measures have their own table (section "chondrometrics")
-    sec.html = _table(regions, first=("chondrometrics", "display"), skip=("name", "code", "color") + tuple(MEASURE_NAMES))
+    sec.html = _table(regions, first=("chondrometrics", "display"),
+                      skip=("name", "code", "color") + tuple(MEASURE_NAMES))
     return sec
 
 

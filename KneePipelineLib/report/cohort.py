@@ -207,7 +207,8 @@ def build_cohort_report(cohort_csv: Path, out_dir: Path) -> Path:
                 v = np.array([_num(x.get("%s_%s" % (s_.name, k))) for x in ok_rows])
                 extra.append(v[np.isfinite(v)])
             cc, dd, ta = extra
-            parts.append("<tr><td>%s (%s)</td><td>%d</td><td>%.2f (%.2f\u2013%.2f)</td><td>%s</td><td>%s</td><td>%s</td></tr>"
+            parts.append("<tr><td>%s (%s)</td><td>%d</td><td>%.2f (%.2f\u2013%.2f)</td>"
+                         "<td>%s</td><td>%s</td><td>%s</td></tr>"
                          % (e(s_.display), s_.name, d.size, med, q1, q3,
                             "%.2f" % np.median(cc) if cc.size else "\u2013",
                             "%.1f (%.1f)" % (np.median(dd), dd.max()) if dd.size else "\u2013",

@@ -163,8 +163,9 @@ def draw_map(ax, fm: FlatMap, vmin: float, vmax: float, cmap: str = "viridis"):
         sel = np.unique(fm.triangles[np.all(arr[fm.triangles] == c, axis=1)])
         if len(sel) < 5:
             continue
-        ax.text(*np.median(fm.uv[sel], axis=0), code_name(c), ha="center", va="center", fontsize=7 if arr is fm.subregion
-                else 8, fontweight="bold", color="w", bbox=dict(boxstyle="round,pad=0.15", fc="k", alpha=0.45, lw=0))
+        ax.text(*np.median(fm.uv[sel], axis=0), code_name(c), ha="center", va="center",
+                fontsize=7 if arr is fm.subregion else 8, fontweight="bold", color="w",
+                bbox=dict(boxstyle="round,pad=0.15", fc="k", alpha=0.45, lw=0))
     ax.set_aspect("equal" if fm.structure != "femur" else "auto")
     ax.set_xlabel(fm.xlabel + "   [%s \u2190 \u2192 %s]" % fm.left_right, fontsize=8)
     ax.set_ylabel(fm.ylabel, fontsize=8)
