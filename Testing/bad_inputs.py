@@ -137,6 +137,28 @@ def broken_file_cases() -> List[Case]:
     return out
 
 
+def detached_cases() -> List[Case]:
+    """Headers whose voxels live in a separate file (.mhd / .nhdr + .raw): the data file cut or missing."""
+    out: List[Case] = []
+    for ext in (".mhd", ".nhdr"):
+        for role in ("image", "labels"):
+            for fault in ("raw_truncated", "raw_missing"):
+                def build(t, d, ext=ext, role=role, fault=fault):
+                    folder = t / "detached"
+                    folder.mkdir()
+                    im = img((20, 20, 20)) if role == "image" else labels_img(knee_array())
+                    head = write(im, folder / ("vol" + ext))
+                    raw = next(f for f in folder.iterdir() if f != head)
+                    if fault == "raw_missing":
+                        raw.unlink()
+                    else:
+                        raw.write_bytes(raw.read_bytes()[: raw.stat().st_size * 9 // 10])
+                    return Built(run_image(head) if role == "image" else analyze(head), "input_unreadable")
+                out.append(Case("%s_%s_%s" % (role, ext[1:], fault), "broken file (every format: truncated, cut in "
+                                "the header, empty, garbage)", build))
+    return out
+
+
 def nonfinite_cases() -> List[Case]:
     out: List[Case] = []
     for fmt, (ext, comp) in FORMATS.items():
@@ -417,7 +439,7 @@ def corpus(reference_means=None) -> List[Case]:
     and are left out when it is None (listing names only)."""
     from odd_inputs import mismatch_and_misc_cases, odd_valid_cases, output_and_machine_cases
 
-    cases = (broken_file_cases() + nonfinite_cases() + geometry_cases() + label_value_cases() + json_map_cases()
+    cases = (broken_file_cases() + detached_cases() + nonfinite_cases() + geometry_cases() + label_value_cases() + json_map_cases()
              + dicom_cases() + output_and_machine_cases() + mismatch_and_misc_cases()
              + odd_valid_cases(reference_means or {}))
     names = [c.name for c in cases]
