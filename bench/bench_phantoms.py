@@ -159,11 +159,28 @@ def evaluate(lab: Volume, surf: SmoothedFemur, thickness_mm: float, settings=Non
     truth[sel], outer[sel] = t_r, o_r
     both = np.isfinite(th) & np.isfinite(truth)
     long_m = both & (th > 1.5 * thickness_mm)
+    # where the long rays are: on bone that carries cartilage in the real knee, or not (a whole-bone shell
+    # also covers the supratrochlear fossa and the notch, concave places that have no cartilage)
+    from scipy import ndimage
+
+    d_fc = ndimage.distance_transform_edt(lab.array != L.FEMORAL_CARTILAGE, sampling=lab.spacing_mm[::-1])
+    ijk = np.clip(np.rint(lab.lps_to_ijk(pts)).astype(np.int64), 0, np.array(lab.shape_ijk) - 1)
+    real_cart = d_fc[ijk[:, 2], ijk[:, 1], ijk[:, 0]] <= 1.5
+    # height above the lowest femoral cartilage along the shaft axis (mm), for the long rays
+    e_sup = res.frame.e_sup
+    fk, fj, fi = np.nonzero(lab.array == L.FEMORAL_CARTILAGE)
+    si_fc = lab.ijk_to_lps(np.stack([fi, fj, fk], 1).astype(float)) @ e_sup
+    h = pts @ e_sup - np.percentile(si_fc, 0.1)
+    top_fc = float(np.percentile(si_fc, 99.9) - np.percentile(si_fc, 0.1))
     out = {"T_mm": thickness_mm, "analysis_s": round(t_an, 1), "regions": {},
            "rays_measured": int(np.isfinite(th).sum()), "rays_with_truth": int(np.isfinite(truth[sel]).sum()),
            "rays_both": int(both.sum()),
            "rays_reading_over_1.5T": int(long_m.sum()),
            "of_which_truth_over_1.5T": int((long_m & (truth > 1.5 * thickness_mm)).sum()),
+           "long_rays_on_bone_without_real_cartilage": int((long_m & ~real_cart).sum()),
+           "long_rays_height_above_cartilage_bottom_mm_p10_p50_p90": [round(float(x), 1) for x in np.percentile(h[long_m], [10, 50, 90])] if long_m.any() else None,
+           "real_cartilage_height_mm": round(top_fc, 1),
+           "long_rays_measured_minus_truth_mm_median": round(float(np.median(th[long_m] - truth[long_m])), 3) if long_m.any() else None,
            "rays_measured_without_truth": int((np.isfinite(th) & ~np.isfinite(truth)).sum()),
            "rays_truth_without_measure": int((~np.isfinite(th) & np.isfinite(truth) & sel).sum())}
     err = th[both] - truth[both]
@@ -215,6 +232,11 @@ def main() -> int:
               % (T, r["rays_both"], r["rays_with_truth"], r["rays_reading_over_1.5T"], r["of_which_truth_over_1.5T"],
                  r["rays_measured_without_truth"], r["rays_truth_without_measure"], r["all_rays"]["mean_error_mm"],
                  r["all_rays"]["p99_abs_error_mm"]))
+        if r["rays_reading_over_1.5T"]:
+            print("   long rays: %d on bone without cartilage in the real knee; height above the cartilage's lowest "
+                  "point p10/p50/p90 %s mm (the real cartilage spans %.0f mm); measured - truth median %+.3f mm"
+                  % (r["long_rays_on_bone_without_real_cartilage"], r["long_rays_height_above_cartilage_bottom_mm_p10_p50_p90"],
+                     r["real_cartilage_height_mm"], r["long_rays_measured_minus_truth_mm_median"]))
         for name, x in r["regions"].items():
             print("   %-13s n %5d  measured %.3f  truth %.3f  error %+.4f mm   mean-T %+.3f  median-T %+.3f   >1.5T: %d (truth %d)"
                   % (name, x["n"], x["measured_mean_mm"], x["true_mean_mm"], x["mean_error_mm"],
