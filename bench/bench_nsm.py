@@ -8,7 +8,8 @@ Full size (model 647 layout: latent 512, 5 x 512 deconvs to 64x64, 3 x 128 plane
 * ``parts``: one fitting step split into plane generator (forward + backward to the latent), feature gather
   (forward + backward) and SDF MLP (forward + backward to the features), each with its FLOPs and achieved
   GFLOP/s, fp32 and bf16;
-* ``steps``: seconds per ``fit_latent`` step (10 000 vertices per surface, 20 000 points) after a warm-up,
+* ``steps``: seconds per ``fit_latent`` step with the default settings (20 000 points per step split across
+  the two surfaces: 10 000 each) after a warm-up, wall and CPU,
   for the previous plain-autograd path (``decoder.query``), the default fp32 path and bf16;
 * ``query``: grid evaluation throughput (points/s) without gradients, plain vs buffered, fp32 / bf16;
 * ``bf16_error``: SDF difference bf16 - fp32 on 100 000 points, and the latent gradient's relative error;
@@ -21,8 +22,11 @@ Full size (model 647 layout: latent 512, 5 x 512 deconvs to 64x64, 3 x 128 plane
   shape (128) + meshes (256) + ICP and ASSD (small-model times: they do not depend on the decoder's size),
   per thread count and precision.
 
-Small model (Testing/fixtures/nsm_small): full fits of the held-out femur 5 with the published procedure
-(10 000 vertices per step, patience 50, at most --small-iterations), seeds 0 and 1, fp32 and bf16:
+``--steps-only``: just the default step time of the full-size model (wall and CPU seconds, robust to other
+jobs) and the fit time projected from ``--typical-iterations`` (writes bench/results/nsm_steps-<date>.json).
+
+Small model (Testing/fixtures/nsm_small): full fits of the held-out femur 5 with the default settings (the
+model config's, as the reference), seeds 0 and 1, fp32 and bf16:
 iterations, ASSD, latent differences (bf16 vs fp32 against seed-to-seed), and the ASSD of the same latent
 meshed at 128 instead of 256. Writes bench/results/nsm-<date>.json.
 
@@ -74,6 +78,54 @@ def flops(arch, n_points):
     dims = [arch.mlp_in] + list(arch.sdf_hidden_dims) + [arch.n_objects]
     mlp = n_points * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     return 2.0 * conv, 2.0 * mlp
+
+
+def default_steps(F, dec, surfaces, n, prec, sync):
+    """(wall s, CPU s) per step of ``fit_latent`` with the default settings (20 000 points per step, split
+    across the two surfaces), after a one-step warm-up; CPU seconds are robust to other jobs' load."""
+    from KneePipelineLib.shape.recon import ReconSettings
+
+    st = ReconSettings(convergence="num_iterations")
+    F.fit_latent(dec, surfaces, settings=st.with_overrides(iterations=1), precision=prec)
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    F.fit_latent(dec, surfaces, settings=st.with_overrides(iterations=n), precision=prec)
+    sync()
+    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+
+def steps_only(args, threads, dev, sync):
+    """Seconds per default fitting step of the full-size architecture (random weights), and the fit time
+    projected from --typical-iterations (the small model's default step count, bench_nsm_reference)."""
+    import torch
+
+    from KneePipelineLib.shape import fit as F
+    from KneePipelineLib.shape.decoder import NsmArchitecture, build_decoder
+    from KneePipelineLib.shape.meshing import polydata_arrays
+
+    arch = NsmArchitecture(512, 2, (512,) * 5, 2, 128, (512,) * 3)
+    torch.manual_seed(0)
+    dec = build_decoder(arch).to(dev).eval()
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    pts, _ = polydata_arrays(read(args.femur))
+    c = pts.mean(0)
+    bone = (pts - c) * (0.8 / np.linalg.norm(pts - c, axis=1).max())
+    surfaces = [F.SurfaceSamples("bone", bone, np.zeros((len(bone), 2))),
+                F.SurfaceSamples("cartilage", bone * 1.02, np.zeros((len(bone), 2)))]
+    out = {}
+    for th in threads:
+        torch.set_num_threads(th)
+        row = {}
+        for prec in ("fp32", "bf16"):
+            w, cpu = default_steps(F, dec, surfaces, args.steps, prec, sync)
+            row[prec] = {"wall_s_per_step": round(w, 3), "cpu_s_per_step": round(cpu, 3)}
+            if args.typical_iterations:
+                row[prec]["fit_typical_cpu_s"] = round(cpu * args.typical_iterations, 1)
+                row[prec]["fit_2000_cpu_s"] = round(cpu * 2000, 1)
+        out[str(th)] = row
+        print("full size, %d thread(s), default step (20 000 points): %s" % (th, row), flush=True)
+    return out
 
 
 def full_size(args, threads, dev, sync):
@@ -162,12 +214,9 @@ def full_size(args, threads, dev, sync):
         sync()
         steps["plain_autograd_fp32"] = round((time.perf_counter() - t0) / args.steps, 3)
         for prec in ("fp32", "bf16"):
-            F.fit_latent(dec, surfaces, iterations=1, samples=10000, patience=10 ** 9, precision=prec)
-            sync()
-            t0 = time.perf_counter()
-            F.fit_latent(dec, surfaces, iterations=args.steps, samples=10000, patience=10 ** 9, precision=prec)
-            sync()
-            steps[prec] = round((time.perf_counter() - t0) / args.steps, 3)
+            w, c = default_steps(F, dec, surfaces, args.steps, prec, sync)
+            steps[prec] = round(w, 3)
+            steps[prec + "_cpu_s"] = round(c, 3)
         out["steps"][str(th)] = steps
 
         from KneePipelineLib.shape.meshing import evaluate_grid
@@ -227,8 +276,8 @@ def small_model(args, threads):
     for prec in ("fp32", "bf16"):
         for seed in (0, 1):
             t0 = time.perf_counter()
-            f = m.fit(femur, laterality="right", seed=seed, iterations=args.small_iterations, samples=10000,
-                      patience=50, mesh_resolution=args.resolution, precision=prec)
+            f = m.fit(femur, laterality="right", seed=seed, iterations=args.small_iterations,
+                      mesh_resolution=args.resolution, precision=prec)
             fits[(prec, seed)] = f
             out["fits"]["%s_seed%d" % (prec, seed)] = {
                 "iterations": f.iterations, "assd_mm": round(f.assd_mm["bone"], 4), "best_loss": f.best_loss,
@@ -283,7 +332,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resolution", type=int, default=256)
-    ap.add_argument("--small-iterations", type=int, default=2000, help="published maximum; early stopping ends sooner")
+    ap.add_argument("--small-iterations", type=int, default=None, help="default: the model config's")
+    ap.add_argument("--steps-only", action="store_true",
+                    help="only the full-size default step time (wall and CPU), and the projected fit time")
+    ap.add_argument("--typical-iterations", type=int, help="default-fit step count for the projection")
     ap.add_argument("--femur", default=str(FEMUR))
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--skip-full", action="store_true")
@@ -301,6 +353,13 @@ def main(argv=None):
             "torch": torch.__version__, "load_average_start": os.getloadavg(),
             "note": "wall-clock; see load_average for other jobs on the machine"}
     t_all = time.perf_counter()
+    if args.steps_only:
+        figs["steps_only"] = steps_only(args, threads, dev, sync)
+        figs["typical_iterations"] = args.typical_iterations
+        figs["bench_seconds"] = round(time.perf_counter() - t_all, 1)
+        figs["load_average_end"] = os.getloadavg()
+        write_result("nsm_steps", figs)
+        return
     small, recorded = (None, {})
     if not args.skip_small and (ROOT / "Testing/fixtures/nsm_small").is_dir():
         small, recorded = small_model(args, threads)

@@ -75,7 +75,7 @@ def make_shapes(paths, n_aug, rng):
     shapes = []
     for k, (pts, tri) in enumerate(base):
         norm_ref = (ref_pts - c0) * s0
-        t = similarity_icp(pts, norm_ref, iterations=100, landmarks=2000, seed=k)
+        t = similarity_icp(pts, tri, norm_ref, base[0][1], iterations=100, landmarks=2000)
         p = apply(t, pts)
         shapes.append((p, tri))
         for _ in range(n_aug):

@@ -185,21 +185,23 @@ def mesh_from_field_target_points(field: np.ndarray, offset_kji: np.ndarray, vol
     return mesh_from_field(coarse, start, volume_geometry, level, index_scale=scale)
 
 
-def mesh_from_field(field: np.ndarray, offset_kji: np.ndarray, volume_geometry, level: float = 0.5,
-                    index_scale: Optional[np.ndarray] = None):
-    """Contour a float [k,j,i] field at ``level``; points in LPS mm, outward (toward lower values) normals.
+def marching_cubes(field_kji: np.ndarray, level: float, origin_xyz=(0.0, 0.0, 0.0), spacing_xyz=(1.0, 1.0, 1.0)
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """The one marching-cubes wrapper (vtkFlyingEdges3D) for every field we contour.
 
-    ``index_scale`` (i, j, k): the field's index step in voxels of ``volume_geometry`` (a resampled field).
+    ``field_kji`` is indexed [k, j, i] (i fastest: x, y, z = i, j, k); returns (points (N, 3) as
+    origin + (i, j, k) * spacing, triangles (M, 3)). Used for index-space label fields here and for the
+    NSM's [-1, 1]^3 SDF grid (``shape.meshing.contour``).
     """
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk
 
-    nk, nj, ni = field.shape
+    nk, nj, ni = field_kji.shape
     img = vtk.vtkImageData()
     img.SetDimensions(ni, nj, nk)
-    img.SetOrigin(0.0, 0.0, 0.0)
-    img.SetSpacing(1.0, 1.0, 1.0)
-    scal = numpy_to_vtk(np.ascontiguousarray(field).ravel(), deep=True)
+    img.SetOrigin(*[float(v) for v in origin_xyz])
+    img.SetSpacing(*[float(v) for v in spacing_xyz])
+    scal = numpy_to_vtk(np.ascontiguousarray(field_kji).ravel(), deep=True)
     scal.SetName("f")
     img.GetPointData().SetScalars(scal)
     fe = vtk.vtkFlyingEdges3D()
@@ -210,8 +212,16 @@ def mesh_from_field(field: np.ndarray, offset_kji: np.ndarray, volume_geometry, 
     fe.ComputeScalarsOff()
     fe.InterpolateAttributesOff()
     fe.Update()
-    out = fe.GetOutput()
-    pts_ijk, tris = polydata_arrays(out)
+    return polydata_arrays(fe.GetOutput())
+
+
+def mesh_from_field(field: np.ndarray, offset_kji: np.ndarray, volume_geometry, level: float = 0.5,
+                    index_scale: Optional[np.ndarray] = None):
+    """Contour a float [k,j,i] field at ``level``; points in LPS mm, outward (toward lower values) normals.
+
+    ``index_scale`` (i, j, k): the field's index step in voxels of ``volume_geometry`` (a resampled field).
+    """
+    pts_ijk, tris = marching_cubes(field, level)
     if len(tris) == 0:
         return make_polydata(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
     # drop unused points (flying edges does not emit any, but stay safe) - keep order deterministic

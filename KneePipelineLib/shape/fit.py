@@ -1,8 +1,8 @@
-"""Latent fitting (REFERENCE §7, seeded) and surface distances.
+"""Latent fitting as the reference does it (NSM ``reconstruct_latent``, seeded) and surface distances.
 
-Loss = mean over sampled points of sum over objects |clamp(pred, ±0.1) - clamp(target, ±0.1)|; Adam,
-lr 0.005 divided by 1.1 every 20 steps; z0 ~ N(0, 0.01^2); each step draws ``samples`` vertices per
-surface; early stop after ``patience`` steps without a lower loss; the best latent is kept.
+The settings (iterations, learning-rate schedule, points per step, convergence, clamp) come from the
+model's config through :mod:`recon`; :func:`fit_latent` documents the semantics and docs/NSM.md how they
+match the published code.
 
 Speed: the decoder's weights never need gradients, so they are frozen (requires_grad False) and the
 backward pass only computes gradients with respect to the features and the latent; the three planes
@@ -17,12 +17,6 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-
-CLAMP = 0.1
-LR = 0.005
-LR_FACTOR = 1.1
-LR_EVERY = 20
-Z0_STD = 0.01
 
 
 @dataclass
@@ -149,59 +143,109 @@ def assd(a_pts, a_tri, b_pts, b_tri) -> float:
     return float((d1.sum() + d2.sum()) / (len(d1) + len(d2)))
 
 
-def fit_latent(decoder, surfaces: Sequence[SurfaceSamples], seed: int = 0, iterations: int = 2000,
-               samples: int = 10000, patience: int = 50, device=None,
-               progress: Optional[Callable[[float, str], None]] = None, precision: str = "fp32") -> LatentFit:
-    """Adam on one latent; deterministic for a seed on a given device and thread count.
+def step_indices(sizes: Sequence[int], n_samples: int, gen) -> Optional[List["object"]]:
+    """Per-surface vertex indices for one step, as NSM ``reconstruct_latent`` draws them; None = every vertex.
 
-    ``precision``: "fp32" (default, the published arithmetic) or "bf16" (bfloat16 matrix products and
-    convolutions, about 2x faster on CPUs with AVX512_BF16/AMX; not exact, see fast.py).
+    ``n_samples`` is split evenly across the surfaces (at most each surface's size); when that covers every
+    vertex the whole set is used, in order, with no draw. Otherwise each surface draws a ``torch.randperm``
+    (one surface: one randperm over all points) from ``gen`` -- the same calls, in the same order, as the
+    reference makes on torch's global generator.
+    """
+    import torch
+
+    per = int(n_samples) // len(sizes)
+    counts = [min(per, int(n)) for n in sizes]
+    if sum(counts) == sum(int(n) for n in sizes):
+        return None
+    if len(sizes) == 1:
+        return [torch.randperm(int(sizes[0]), generator=gen)[:counts[0]]]
+    return [torch.randperm(int(n), generator=gen)[:c] for n, c in zip(sizes, counts)]
+
+
+def fit_latent(decoder, surfaces: Sequence[SurfaceSamples], settings=None, seed: int = 0, device=None,
+               progress: Optional[Callable[[float, str], None]] = None, precision: str = "fp32") -> LatentFit:
+    """Adam on one latent with the reference's semantics (NSM ``reconstruct_latent``; docs/NSM.md).
+
+    * z0 = 0 (default, seed-free), or with ``latent_init_std`` > 0 the reference's N(0, std^2) drawn as
+      ``torch.ones(1, L).normal_`` from a generator seeded ``seed`` (the reference seeds torch's global
+      generator: the same numbers on the CPU);
+    * each step: learning rate ``settings.lr_at(step)``; the points of :func:`step_indices`; loss = sum over
+      batches of ``settings.batch_size`` points of the batch mean of the summed L1 between predictions and
+      targets, both clamped to +-clamp_dist; plus ``latent_reg_weight * mean(z^2)``; backward; Adam step;
+    * convergence "recon_loss" / "overall_loss": when that loss (of the latent *before* the step) is below
+      the best so far, the latent *after* the step is kept and patience resets; the fit stops when patience
+      exceeds ``settings.patience``. "num_iterations": the last latent is kept.
+
+    Deterministic for a seed on a given device and thread count. ``precision``: "fp32" (default, the
+    published arithmetic) or "bf16" (bfloat16 products, about 2x faster on CPUs with AVX512_BF16/AMX;
+    not exact, see fast.py).
     """
     import torch
 
     from .fast import FastEvaluator
+    from .recon import ReconSettings
 
+    st = settings or ReconSettings()
     dev = device or next(decoder.parameters()).device
     for p in decoder.parameters():
         p.requires_grad_(False)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    rng = np.random.default_rng(int(seed))
-    latent = (torch.randn(decoder.arch.latent_size, generator=gen, dtype=torch.float32) * Z0_STD).to(dev)
-    latent.requires_grad_(True)
-    opt = torch.optim.Adam([latent], lr=LR)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_EVERY, gamma=1.0 / LR_FACTOR)
+    z = torch.zeros(1, decoder.arch.latent_size)
+    if st.latent_init_std > 0:      # the reference's random start (ours starts at the mean: seed-free)
+        z = torch.ones(1, decoder.arch.latent_size).normal_(mean=0.0, std=float(st.latent_init_std), generator=gen)
+    latent = z.reshape(-1).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([latent], lr=st.lr)
     ev = FastEvaluator(decoder, precision)
     pts = [torch.from_numpy(np.ascontiguousarray(s.points, np.float32)).to(dev) for s in surfaces]
     corners = [ev.corners(p) for p in pts]          # bilinear texels of every vertex, once
-    tgt = [torch.from_numpy(np.ascontiguousarray(s.targets, np.float32)).clamp(-CLAMP, CLAMP).to(dev)
-           for s in surfaces]
-    best, best_z, since, hist, it = float("inf"), latent.detach().clone(), 0, [], 0
-    for it in range(1, int(iterations) + 1):
-        xs, ts, cis, cws = [], [], [], []
-        for p, t, (ci, cw) in zip(pts, tgt, corners):
-            n = len(p)
-            idx = rng.choice(n, samples, replace=False) if n > samples else np.arange(n)
-            idx_t = torch.from_numpy(idx).to(dev)
-            xs.append(p[idx_t])
-            ts.append(t[idx_t])
-            cis.append(ci[idx_t])
-            cws.append(cw[idx_t])
-        x, t = torch.cat(xs), torch.cat(ts)
-        opt.zero_grad(set_to_none=True)
-        pred = ev.sdf(ev.planes(latent), torch.cat(cis), torch.cat(cws), x).clamp(-CLAMP, CLAMP)
-        loss = (pred - t).abs().sum(1).mean()
-        loss.backward()
-        val = float(loss.detach())
-        hist.append(val)
-        if val < best:
-            best, best_z, since = val, latent.detach().clone(), 0
+    clamp = st.clamp_dist
+    tgt = [torch.from_numpy(np.ascontiguousarray(s.targets, np.float32)).to(dev) for s in surfaces]
+    if clamp is not None:
+        tgt = [t.clamp(-clamp, clamp) for t in tgt]
+    x_all, t_all = torch.cat(pts), torch.cat(tgt)
+    ci_all = torch.cat([c[0] for c in corners])
+    cw_all = torch.cat([c[1] for c in corners])
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pts])])
+    best, best_z, since, hist, it = 100.0, latent.detach().clone(), 0, [], 0
+    bs = int(st.batch_size)
+    reg = float(st.latent_reg_weight)
+    for it in range(1, int(st.iterations) + 1):
+        step = it - 1
+        for g in opt.param_groups:
+            g["lr"] = st.lr_at(step)
+        sel = step_indices([len(p) for p in pts], st.samples, gen)
+        if sel is None:
+            x, t, ci, cw = x_all, t_all, ci_all, cw_all
         else:
-            since += 1
+            idx = torch.cat([s + int(o) for s, o in zip(sel, offsets[:-1])]).to(dev)
+            x, t, ci, cw = x_all[idx], t_all[idx], ci_all[idx], cw_all[idx]
+        opt.zero_grad(set_to_none=True)
+        pred = ev.sdf(ev.planes(latent), ci, cw, x)
+        if clamp is not None:
+            pred = pred.clamp(-clamp, clamp)
+        err = (pred - t).abs().sum(1)
+        n = len(err)
+        if n <= bs:
+            recon = err.mean()
+        else:   # the reference backpropagates each batch's mean: the loss is their sum
+            recon = sum(err[i:i + bs].mean() for i in range(0, n, bs))
+        loss = recon + reg * (latent ** 2).mean() if reg else recon
+        loss.backward()
         opt.step()
-        sched.step()
+        val = float(loss.detach())
+        rec = float(recon.detach())
+        hist.append(val)
+        if st.convergence == "num_iterations":
+            best, best_z = val, latent.detach().clone()
+        else:
+            cur = rec if st.convergence == "recon_loss" else val
+            if cur < best:
+                best, best_z, since = cur, latent.detach().clone(), 0
+            else:
+                since += 1
         if progress and (it % 10 == 0 or it == 1):
-            progress(it / float(iterations), "step %d loss %.5f" % (it, val))
-        if since >= patience:
+            progress(it / float(st.iterations), "step %d loss %.5f" % (it, val))
+        if st.convergence != "num_iterations" and since > st.patience:
             break
     return LatentFit(latent=best_z.cpu().numpy().astype(np.float64), loss_history=hist, iterations=it,
                      best_loss=best, seeds=[int(seed)])

@@ -112,29 +112,13 @@ def sdf_volumes(decoder, planes, resolution: int = 256, coarse: int = 64, band: 
 
 
 def contour(volume: np.ndarray, level: float = 0.0):
-    """Marching cubes (vtkFlyingEdges3D) of a [x, y, z] volume on [-1,1]^3 -> vtkPolyData (normalised units)."""
-    import vtk
-    from vtk.util import numpy_support as ns
+    """Marching cubes of a [x, y, z] volume on [-1,1]^3 -> vtkPolyData (normalised units), through the
+    project's one wrapper (``morphometry.mesh.marching_cubes``, vtkFlyingEdges3D)."""
+    from ..morphometry.mesh import marching_cubes
 
-    n = volume.shape[0]
-    img = vtk.vtkImageData()
-    img.SetDimensions(*volume.shape)
-    img.SetOrigin(-1.0, -1.0, -1.0)
-    img.SetSpacing(*(2.0 / (s - 1) for s in volume.shape))
-    arr = ns.numpy_to_vtk(np.ascontiguousarray(volume, np.float32).ravel(order="F"), deep=True)
-    arr.SetName("sdf")
-    img.GetPointData().SetScalars(arr)
-    fe = vtk.vtkFlyingEdges3D()
-    fe.SetInputData(img)
-    fe.SetValue(0, level)
-    fe.ComputeNormalsOff()
-    fe.ComputeGradientsOff()
-    fe.ComputeScalarsOff()
-    fe.Update()
-    out = vtk.vtkPolyData()
-    out.DeepCopy(fe.GetOutput())
-    del n
-    return out
+    spacing = [2.0 / (s - 1) for s in volume.shape]
+    pts, tri = marching_cubes(np.asarray(volume, np.float32).T, level, (-1.0, -1.0, -1.0), spacing)
+    return polydata_from_arrays(pts, tri)
 
 
 def keep_largest(pd):

@@ -9,6 +9,10 @@ Model space: the normalised space the model was trained in (shapes inside [-1, 1
 units). Patient meshes are in mm; the similarity ICP's scale carries mm -> model units, so
 ``NsmFit.transform`` (patient mm -> model space) includes the scale, and the mirror for left knees.
 
+Fitting follows the published procedure (docs/NSM.md): settings from the config's ``*_recon`` keys
+(recon.py), the reference's shaft clip (prepare.py), VTK's ICP onto the mean surface (icp.py), the
+latent optimisation of NSM ``reconstruct_latent`` (fit.py), starting from the mean latent.
+
 ASSD (``NsmFit.assd_mm``): mean over both vertex sets of the exact vertex-to-surface distance in patient mm,
 input vertices -> reconstructed surface and reconstructed vertices -> input surface, comparing like with
 like: the input is taken as it was fitted (mirrored and shaft-clipped), and reconstructed vertices beyond
@@ -35,7 +39,7 @@ from .decoder import NsmArchitecture, build_decoder, convert_state_dict
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "model_params_config.json"
-_MEAN_SURFACES: Dict[tuple, np.ndarray] = {}     # (model_dir, epoch, resolution) -> mean-shape vertices
+_MEAN_SURFACES: Dict[tuple, tuple] = {}     # (model_dir, epoch, resolution) -> mean-shape (points, triangles)
 
 
 def resolve_device(device: str = "auto"):
@@ -160,38 +164,56 @@ class NSM:
             out[name] = pd
         return out
 
-    def mean_surface_points(self, resolution: int = 128) -> np.ndarray:
-        """Vertices of the bone surface decoded from the zero latent (model space)."""
+    @property
+    def recon_settings(self):
+        """The fit settings of this model's config (``*_recon`` keys, published defaults where absent)."""
+        from .recon import settings_from_config
+
+        return settings_from_config(self.config, where=str((self.model_dir or Path(".")) / CONFIG_NAME))
+
+    def mean_surface(self, resolution: int = 128):
+        """The bone surface decoded from the zero latent (model space), every component, as the reference's
+        ICP target (NSM ``reconstruct_mesh``: ``create_mesh`` of the zero latent, no component filter)."""
+        key = (str(self.model_dir), self.epoch, int(resolution)) if self.model_dir is not None else None
+        if key is not None and key in _MEAN_SURFACES:
+            return _MEAN_SURFACES[key]
+        if self._mean_surface is not None and self._mean_surface[0] == int(resolution):
+            return self._mean_surface[1]
         from .meshing import polydata_arrays
 
-        key = (str(self.model_dir), self.epoch, int(resolution)) if self.model_dir is not None else None
-        if self._mean_surface is None and key in _MEAN_SURFACES:
-            self._mean_surface = _MEAN_SURFACES[key]
-        if self._mean_surface is None:
-            bone = self.mesh(np.zeros(self.arch.latent_size), resolution=resolution)[self.arch.object_names[0]]
-            pts, _ = polydata_arrays(bone)
-            if len(pts) < 100:
-                raise NsmError("The NSM's mean shape (zero latent) has no surface to register to.",
-                               hint="The model folder may hold untrained or corrupt weights.")
-            self._mean_surface = pts
-            if key is not None:
-                _MEAN_SURFACES[key] = pts
-        return self._mean_surface
+        bone = self.mesh(np.zeros(self.arch.latent_size), resolution=resolution,
+                         largest_only=False)[self.arch.object_names[0]]
+        pts, tri = polydata_arrays(bone)
+        if len(pts) < 100:
+            raise NsmError("The NSM's mean shape (zero latent) has no surface to register to.",
+                           hint="The model folder may hold untrained or corrupt weights.")
+        self._mean_surface = (int(resolution), (pts, tri))
+        if key is not None:
+            _MEAN_SURFACES[key] = (pts, tri)
+        return pts, tri
 
-    def fit(self, bone_mesh, cartilage_mesh=None, laterality: str = "right", seed: int = 0, iterations: int = 2000,
-            samples: int = 10000, patience: int = 50, n_seeds: int = 1,
-            progress: Optional[Callable[[float, str], None]] = None, mesh_resolution: int = 256,
-            clip_shaft: bool = True, icp_iterations: int = 100, icp_landmarks: int = 1000,
-            warn: Optional[Callable[[str], None]] = None, precision: str = "fp32",
-            threads: Optional[int] = None) -> NsmFit:
+    def mean_surface_points(self, resolution: int = 128) -> np.ndarray:
+        """Vertices of :meth:`mean_surface`."""
+        return self.mean_surface(resolution)[0]
+
+    def fit(self, bone_mesh, cartilage_mesh=None, laterality: str = "right", seed: int = 0,
+            iterations: Optional[int] = None, samples: Optional[int] = None, patience: Optional[int] = None,
+            n_seeds: int = 1, progress: Optional[Callable[[float, str], None]] = None, mesh_resolution: int = 256,
+            clip_shaft: bool = True, warn: Optional[Callable[[str], None]] = None, precision: str = "fp32",
+            threads: Optional[int] = None, settings=None) -> NsmFit:
         """Fit the latent to a femur (and its cartilage for a bone+cartilage model); meshes in patient mm.
+
+        Settings: the model config's ``*_recon`` keys (:attr:`recon_settings`, published defaults where
+        absent) as the reference reads them; ``iterations`` (num_iterations_recon), ``samples``
+        (n_samples_latent_recon: points per step, all surfaces together) and ``patience``
+        (convergence_patience_recon) override them when given, ``settings`` (a ReconSettings) replaces
+        them. What was used, and where each value came from, is in ``NsmFit.report["recon_settings"]``.
 
         Threads (CPU): ``threads`` when given. Otherwise a small decoder (< 2 M parameters) is fitted with
         one torch thread -- its many tiny ops gain nothing from more, and on a shared CPU extra OpenMP
         threads made each step ~10x slower (0.57 vs 0.05 s) -- and a larger one (the published 20.8 M)
-        with torch's current setting, by default every core: its products are large enough to scale
-        (full-size step on a quiet 2-core CPU: 1.07 s with 1 thread, 0.6 s with 2). On a CPU shared with
-        other busy processes pass ``threads=1``: an OpenMP thread waiting for a busy core stalls the step.
+        with torch's current setting, by default every core: its products are large enough to scale.
+        On a CPU shared with other busy processes pass ``threads=1``.
 
         ``precision``: "fp32" (default, exact) or "bf16" (bfloat16 fit, about 2x faster on CPUs with
         AVX512_BF16 / AMX; the fitted shape differs slightly, see fast.py and bench/bench_nsm.py). The
@@ -203,6 +225,8 @@ class NSM:
 
         if precision not in PRECISIONS:
             raise ConfigurationError("Unknown NSM precision %r." % precision, hint="Use fp32 or bf16.")
+        st = (settings or self.recon_settings).with_overrides(iterations=iterations, samples=samples,
+                                                              patience=patience)
         n_par = sum(p.numel() for p in self.decoder.parameters())
         before = torch.get_num_threads()
         if self.device.type == "cpu":
@@ -211,15 +235,35 @@ class NSM:
             elif n_par < 2_000_000 and before > 1:
                 torch.set_num_threads(1)
         try:
-            return self._fit(bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds,
-                             progress, mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn, precision)
+            return self._fit(bone_mesh, cartilage_mesh, laterality, seed, st, n_seeds, progress, mesh_resolution,
+                             clip_shaft, warn, precision)
         finally:
             torch.set_num_threads(before)
 
-    def _fit(self, bone_mesh, cartilage_mesh, laterality, seed, iterations, samples, patience, n_seeds, progress,
-             mesh_resolution, clip_shaft, icp_iterations, icp_landmarks, warn, precision="fp32") -> NsmFit:
-        from . import fit as F
+    def align(self, bone_r, bone_tri, cart, st):
+        """(4x4 patient-right mm -> model space, bone points, cartilage points) as the reference aligns: VTK
+        similarity ICP of the bone onto the mean surface; with ``scale_jointly`` false, then centred on the
+        bone and scaled so that the farthest point of all surfaces is at radius 1."""
         from .icp import apply, similarity_icp
+
+        mean_pts, mean_tri = self.mean_surface(st.mean_mesh_resolution)
+        t = similarity_icp(bone_r, bone_tri, mean_pts, mean_tri, iterations=st.icp_iterations,
+                           landmarks=st.icp_landmarks)
+        if not st.scale_jointly:
+            b = apply(t, bone_r)
+            allp = b if cart is None else np.concatenate([b, apply(t, cart[0])])
+            centre = b.mean(0)
+            scale = float(np.max(np.linalg.norm(allp - centre, axis=1)))
+            s = np.eye(4)
+            s[:3, :3] /= scale
+            s[:3, 3] = -centre / scale
+            t = s @ t
+        return t
+
+    def _fit(self, bone_mesh, cartilage_mesh, laterality, seed, st, n_seeds, progress, mesh_resolution,
+             clip_shaft, warn, precision="fp32") -> NsmFit:
+        from . import fit as F
+        from .icp import apply
         from .meshing import polydata_arrays
         from .prepare import prepare_bone, prepare_cartilage, transform_arrays
 
@@ -235,17 +279,23 @@ class NSM:
         if cartilage_mesh is not None and n_obj < 2:
             report["cartilage_ignored"] = "bone-only model"
         report["precision"] = precision
+        report["recon_settings"] = st.to_json()
+        for flag, what in (("fix_mesh", "fix_mesh_recon (meshfix)"),
+                           ("random_points", "get_rand_pts_recon (random points around the surface)")):
+            if getattr(st, flag):
+                msg = "The NSM config asks for %s, which this fit does not do: it fits the mesh vertices." % what
+                report.setdefault("recon_not_applied", []).append(what)
+                if warn:
+                    warn(msg)
         prog(0.02, "registering to the mean shape")
         timings = {}
         t_mean = time.time()
-        mean_pts = self.mean_surface_points()
+        self.mean_surface(st.mean_mesh_resolution)
         timings["mean_surface_s"] = time.time() - t_mean
         t_reg = time.time()
-        t_icp = similarity_icp(bone_r, mean_pts, iterations=icp_iterations,
-                               landmarks=icp_landmarks, seed=seed)
+        t_icp = self.align(bone_r, bone_tri, cart, st)
         transform = t_icp @ mirror
         bone_m = apply(t_icp, bone_r)
-        surfaces = []
         tb = np.zeros((len(bone_m), n_obj))
         if cart is not None:
             cart_m, cart_tri = transform_arrays(t_icp, *cart)
@@ -255,13 +305,14 @@ class NSM:
             surfaces = [F.SurfaceSamples("bone", bone_m, tb), F.SurfaceSamples("cartilage", cart_m, tc)]
         else:
             surfaces = [F.SurfaceSamples("bone", bone_m, tb)]
+        report["fit_points"] = {s.name: int(len(s.points)) for s in surfaces}
         timings["icp_s"] = time.time() - t_reg
         t_fit = time.time()
         fits = []
         for k in range(max(1, int(n_seeds))):
             sub = (lambda f, m="", k=k: prog(0.05 + 0.8 * (k + f) / max(1, n_seeds), m))
-            fits.append(F.fit_latent(self.decoder, surfaces, seed=seed + k, iterations=iterations,
-                                     samples=samples, patience=patience, progress=sub, precision=precision))
+            fits.append(F.fit_latent(self.decoder, surfaces, settings=st, seed=seed + k, progress=sub,
+                                     precision=precision))
         latent = np.mean([f.latent for f in fits], 0)
         prog(0.86, "extracting meshes")
         timings["fit_s"] = time.time() - t_fit
@@ -276,7 +327,6 @@ class NSM:
         # clipped, and reconstructed surface beyond the shaft clip plane (which the clipped input lacks)
         # is left out of the model -> input direction
         t_assd = time.time()
-        inv_m = np.linalg.inv(mirror)
         plane = report.get("clip_plane_mm")
         assd, parts = {}, {}
         names = self.arch.object_names
@@ -288,7 +338,6 @@ class NSM:
         report["assd_parts"] = parts
         timings["assd_s"] = time.time() - t_assd
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        del inv_m
         prog(1.0, "done")
         return self._result(fits, latent, transform, assd, meshes, laterality, report, t0, t_icp)
 

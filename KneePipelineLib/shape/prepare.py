@@ -1,21 +1,24 @@
-"""Preparing patient meshes for the NSM: checks, mirroring of left knees, anatomical shaft clip, transforms.
+"""Preparing patient meshes for the NSM: checks, mirroring of left knees, the reference's shaft clip, transforms.
 
-Shaft clip rule (ours)
-----------------------
-The shaft axis is the first principal axis of the femur mesh (PCA of the vertices). It points away
-from the wider end: for both ends we take the vertices in the last 15 % of the extent and measure their
-RMS distance from their own centroid across the axis; the condyles are the wide end. Along that axis
-the distal end is the lowest vertex; we keep the part within ``SHAFT_FACTOR x width`` of it, width
-being the bone's largest extent across the shaft axis (the medio-lateral condylar width). A bone whose
-first principal extent is below ELONGATION (1.15) x its width is already cropped near the joint (its
-first principal axis is then not the shaft): it is not clipped, and the report says so. SHAFT_FACTOR = 0.8,
-matching the 0.8 x width crop the reference applies when meshing (REFERENCE §4), so meshes made that
-way lose nothing. It replaces the reference rule, which cuts along a fixed image/world axis and so
-depends on how the knee lay in the scanner.
+Shaft clip (the reference's rule, gattia/OpenMSK ``utils.clip_femur_top``)
+-------------------------------------------------------------------------
+In patient coordinates (LPS mm: x left-right, y antero-posterior, z infero-superior), with the extents
+dx, dy, dz of the femur's bounding box: when dz > 0.7 x dy the femur is cut at 0.7 x dx (the
+medio-lateral width) above its most distal point, otherwise the top 5 % of its height is cut. The
+reference makes that cut with pyvista ``clip("z", value)``, whose plane sits ``value`` above the
+*bounding-box centre*, after having moved the vertex centroid to 0: its plane therefore lies
+(bounding-box centre - vertex centroid) higher along z than "0.7 x width above the most distal point"
+(1.4-3.2 mm on the five sample femurs). We cut where the reference cuts, with the same VTK filter
+(``vtkClipPolyData``: triangles crossing the plane are cut at it), so the fitted vertices are the
+reference's. The cut follows the scanner's z axis, as the reference's does (an earlier rule of ours
+followed the bone's principal axis and never fired on a pipeline femur; it was dropped for the
+reference's).
 
 Mirroring: a left knee is mirrored to a right one by the reflection x -> -x (LPS x is left-right). A
 reflection flips the orientation of every triangle, so the winding is reversed to keep normals
-outward. The matrix is part of the returned transform (patient mm -> model space).
+outward -- the reference mirrors the coordinates without reversing the winding, which turns its
+left-knee meshes inside out (that matters for the signed distances between bone and cartilage); the
+results record this difference. The matrix is part of the returned transform (patient mm -> model space).
 """
 from __future__ import annotations
 
@@ -29,9 +32,8 @@ from .meshing import polydata_arrays, polydata_from_arrays
 
 log = logging.getLogger(__name__)
 
-SHAFT_FACTOR = 0.8
-END_FRACTION = 0.15
-ELONGATION = 1.15
+SHAFT_FACTOR = 0.7          # x medio-lateral width (dx), reference clip_femur_top
+SHORT_FACTOR = 0.95         # fraction of the height kept when dz <= 0.7 x dy
 MIRROR = np.diag([-1.0, 1.0, 1.0, 1.0])
 
 
@@ -76,62 +78,48 @@ def signed_volume(pts: np.ndarray, tri: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def _end_spread(c: np.ndarray, a: np.ndarray) -> float:
-    h = c @ a
-    lo, hi = h.min(), h.max()
-    sel = c[h >= hi - END_FRACTION * (hi - lo)]
-    perp = sel - np.outer(sel @ a, a)
-    return float(np.sqrt(((perp - perp.mean(0)) ** 2).sum(1).mean()))
-
-
-def shaft_axis(pts: np.ndarray) -> Tuple[np.ndarray, float, bool]:
-    """(unit vector up the shaft (distal -> proximal), width across it in mm, elongated?).
-
-    The shaft axis is the first principal axis of the vertices; it points away from the wider end (the
-    condyles). ``elongated`` is False when that axis is not clearly the longest extent (length <
-    ELONGATION x the largest extent across it): such a bone is already cropped near the joint, the
-    first principal axis is then not the shaft, and no clipping is done.
-    """
-    c = pts - pts.mean(0)
-    _, _, vt = np.linalg.svd(c, full_matrices=False)
-    a = vt[0]
-    if _end_spread(c, a) > _end_spread(c, -a):
-        a = -a
-    perp = c - np.outer(c @ a, a)
-    width = float(max(np.ptp(perp @ v) for v in vt[1:]))
-    length = float(np.ptp(c @ a))
-    return a, width, length >= ELONGATION * width
-
-
 def shaft_clip_plane(pts: np.ndarray, factor: float = SHAFT_FACTOR):
-    """(origin, unit normal pointing up the shaft, rule text) of the clip plane, or (None, None, text) when
-    the bone is not elongated (not clipped). Vertices with (p - origin) . normal > 0 are removed."""
-    a, width, elongated = shaft_axis(pts)
-    if not elongated:
-        return None, None, "not clipped: bone not elongated (already cropped near the joint)"
+    """(origin, unit normal (0, 0, 1), rule text) of the reference's clip plane; vertices with
+    (p - origin) . normal > 0 are removed. See the module docstring for the rule and its offset."""
+    pts = np.asarray(pts, np.float64)
     c = pts.mean(0)
-    h = (pts - c) @ a
-    origin = c + (h.min() + factor * width) * a
-    rule = "clipped at %.3g x width (%.1f mm) from the distal end along the shaft axis" % (factor, factor * width)
-    return origin, a, rule
+    q = pts - c
+    lo, hi = q.min(0), q.max(0)
+    dx, dy, dz = hi - lo
+    if dz > 0.7 * dy:
+        value = lo[2] + factor * abs(dx)
+        rule = "clipped at %.3g x medio-lateral width (%.1f mm) above the distal end" % (factor, factor * abs(dx))
+    else:
+        value = lo[2] + SHORT_FACTOR * abs(dz)
+        rule = "short femur (height <= 0.7 x antero-posterior depth): top %.0f %% of its height clipped" % (
+            100 * (1 - SHORT_FACTOR))
+    bbox_centre_z = 0.5 * (lo[2] + hi[2])            # pyvista measures ``value`` from the bounding-box centre
+    z = c[2] + bbox_centre_z + value
+    rule += " (as the reference: plane %.2f mm above the most distal point)" % (z - pts[:, 2].min())
+    return np.array([c[0], c[1], z]), np.array([0.0, 0.0, 1.0]), rule
 
 
 def clip_shaft(pts: np.ndarray, tri: np.ndarray, factor: float = SHAFT_FACTOR):
-    """Keep triangles whose vertices all lie within factor x width of the distal end along the shaft axis.
+    """Cut the femur at the reference's plane with vtkClipPolyData (the filter pyvista's clip uses).
 
     Returns (pts, tri, removed vertex count, rule applied as text)."""
+    import vtk
+
     origin, normal, rule = shaft_clip_plane(pts, factor)
-    if origin is None:
+    if np.all((np.asarray(pts) - origin) @ normal <= 0):
         return pts, tri, 0, rule
-    keep_v = (pts - origin) @ normal <= 1e-9
-    if keep_v.all():
-        return pts, tri, 0, rule
-    keep_t = keep_v[tri].all(1)
-    tri = tri[keep_t]
-    used = np.unique(tri)
-    remap = -np.ones(len(pts), np.int64)
-    remap[used] = np.arange(len(used))
-    return pts[used], remap[tri], int(len(pts) - len(used)), rule
+    plane = vtk.vtkPlane()
+    plane.SetOrigin(*origin)
+    plane.SetNormal(*normal)
+    clip = vtk.vtkClipPolyData()
+    clip.SetInputData(polydata_from_arrays(pts, tri))
+    clip.SetClipFunction(plane)
+    clip.SetValue(0.0)
+    clip.SetInsideOut(True)          # keep where the plane function is below the value
+    clip.Update()
+    out_pts, out_tri = polydata_arrays(clip.GetOutput())
+    removed = int(np.sum((np.asarray(pts) - origin) @ normal > 0))
+    return out_pts, out_tri, removed, rule
 
 
 def laterality_matrix(laterality: str) -> np.ndarray:
@@ -159,12 +147,15 @@ def prepare_bone(bone_pd, laterality: str, clip: bool = True, warn=None):
             warn(msg)
     m = laterality_matrix(laterality)
     pts, tri = transform_arrays(m, pts, tri)
+    if laterality_matrix(laterality)[0, 0] < 0:
+        report["left_knee_winding"] = ("mirrored x -> -x with the triangle winding reversed (normals outward); "
+                                       "the reference mirrors without reversing it")
     if clip:
         origin, normal, _ = shaft_clip_plane(pts)
         pts, tri, removed, rule = clip_shaft(pts, tri)
         report["shaft_vertices_removed"] = removed
         report["shaft_clip"] = rule
-        if origin is not None and removed:
+        if removed:
             # right-side patient mm; the ASSD leaves out reconstructed surface beyond this plane
             report["clip_plane_mm"] = {"origin": [float(v) for v in origin], "normal": [float(v) for v in normal]}
     return pts, tri, m, report
