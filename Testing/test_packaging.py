@@ -14,7 +14,8 @@ MODULE_DIR = ROOT / "KneePipeline"
 PY39_FILES = ["KneePipeline/KneePipeline.py", "KneePipelineLib/__init__.py", "KneePipelineLib/options.py",
               "KneePipelineLib/progress.py", "KneePipelineLib/errors.py", "KneePipelineLib/manifest.py",
               "KneePipelineLib/registry.py", "KneePipelineLib/runner.py", "KneePipelineLib/envsetup.py",
-              "KneePipelineLib/envpython.py", "KneePipelineLib/labels.py"] + sorted(
+              "KneePipelineLib/envpython.py", "KneePipelineLib/labels.py",
+              "KneePipelineLib/io/__init__.py", "KneePipelineLib/io/writers.py"] + sorted(
     str(p.relative_to(ROOT)) for p in list((LIB / "slicer_io").glob("*.py"))
     + list((MODULE_DIR / "KneePipelineModule").glob("*.py")))
 

@@ -186,3 +186,12 @@ def test_memory_estimates_follow_the_physical_size_and_refuse_before_the_step():
         with pytest.raises(InsufficientMemoryError, match="morphometry step would need about 3.0 GB"):
             R.require_memory(int(3e9), "morphometry", "a test")
     assert R.available_bytes() > 0
+
+
+def test_the_manifest_and_writers_import_without_numpy():
+    """Slicer's own Python loads runs through the manifest: io/__init__ must stay lazy (standard library only)."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "import KneePipelineLib.manifest, KneePipelineLib.io.writers\n"
+            "heavy = [m for m in ('numpy', 'SimpleITK', 'vtk') if m in sys.modules]\n"
+            "assert not heavy, heavy\n" % str(ROOT))
+    subprocess.run([sys.executable, "-c", code], check=True)
