@@ -11,7 +11,9 @@ The files follow the data, in the order a cohort flows through them:
 * :mod:`.cluster`   -- which Dask client (:class:`ClusterSpec`, :func:`open_client`) and the GPU slots;
 * :mod:`.execution` -- submit a task per knee (:func:`run_knee`), follow it (:class:`CohortProgress`), record
   its outcome; :func:`run_batch` runs the whole cohort;
-* :mod:`.tables`    -- one row per knee, the summary, the CSV/Parquet/JSON files, the cohort report.
+* :mod:`.tables`    -- one row per knee, the summary, the CSV/Parquet/JSON files, the cohort report;
+* :mod:`.longitudinal` -- cohorts with a ``visit`` column: each knee's follow-ups compared with its baseline,
+  per-region change in the cohort table, the cohort's mean change and SRM.
 
 Layout of the batch folder ``DIR``::
 
@@ -19,6 +21,8 @@ Layout of the batch folder ``DIR``::
     DIR/cohort_results.csv   one row per knee of the cohort CSV
     DIR/cohort_results.parquet
     DIR/cohort_summary.json  counts by status, timings, throughput, scheduler, workers
+    DIR/longitudinal/<id>/   with visits: one longitudinal comparison per knee (baseline = first visit)
+    DIR/cohort_longitudinal.csv, cohort_longitudinal_summary.json  change per knee; mean change and SRM
 """
 from .cluster import JOBQUEUE_PIP, ClusterSpec, default_local_workers, jobqueue_kwargs, open_client
 from .cluster import _check_local_gpus, _gpu_slot  # noqa: F401  (the tests reach them through the package)

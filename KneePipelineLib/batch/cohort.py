@@ -20,6 +20,7 @@ from ..manifest import MANIFEST_NAME, load_manifest
 from ..options import RunOptions
 
 KNEES_DIR = "knees"
+VISIT_COLUMN = "visit"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # RunOptions fields a cohort row may not set: the batch owns them.
 RESERVED_COLUMNS = ("out_dir", "resume")
@@ -34,9 +35,11 @@ RETRYABLE = (FAILED, CANCELLED, INTERRUPTED)
 
 @dataclass
 class KneeJob:
-    knee_id: str
-    options: RunOptions       # out_dir = DIR/knees/<id>, absolute paths
+    knee_id: str              # unique key and folder name: the id, or "<id>__<visit>" with a visit column
+    options: RunOptions       # out_dir = DIR/knees/<knee_id>, absolute paths
     line: int                 # line number in the cohort CSV (header = 1)
+    subject: str = ""         # the row's id (the same knee at every visit)
+    visit: Optional[str] = None   # the row's visit, when the cohort has a 'visit' column
 
 
 def _field_types() -> Dict[str, Any]:
@@ -109,7 +112,9 @@ def knee_dir(out_dir: str | os.PathLike, knee_id: str) -> Path:
 def read_cohort(csv_path: str | os.PathLike, base: RunOptions, out_dir: str | os.PathLike) -> List[KneeJob]:
     """Read and validate a cohort CSV; every problem found is reported at once (ConfigurationError).
 
-    Columns: ``id`` (required, unique, a safe folder name), ``image`` and/or ``labels``, and any
+    Columns: ``id`` (required, unique, a safe folder name), optionally ``visit`` (then ``id`` names the knee
+    and each (id, visit) pair is unique; the first visit of an id in file order is its baseline, see
+    :mod:`.longitudinal`), ``image`` and/or ``labels``, and any
     RunOptions field (``label_convention``, ``echoes`` (';'-separated), ``echo_times_ms``, ``nsm`` ...)
     overriding ``base`` for that row. Empty cells keep ``base``'s value. Relative paths are taken from
     the CSV's folder. Missing input *files* are not checked here: the knee's run reports them.
@@ -136,7 +141,7 @@ def read_cohort(csv_path: str | os.PathLike, base: RunOptions, out_dir: str | os
         raise ConfigurationError("The cohort file %s has no 'id' column." % csv_path,
                                  hint="Add a column 'id' with a unique folder-safe name per knee.")
     dupes = sorted({h for h in header if header.count(h) > 1 and h})
-    unknown = [h for h in header if h != "id" and h not in allowed]
+    unknown = [h for h in header if h not in ("id", VISIT_COLUMN) and h not in allowed]
     if dupes or unknown:
         parts = []
         if unknown:
@@ -161,31 +166,38 @@ def read_cohort(csv_path: str | os.PathLike, base: RunOptions, out_dir: str | os
             problems.append("line %d: id %r is not a safe folder name (letters, digits, '.', '_', '-'; "
                             "starts with a letter or digit; at most 100 characters)" % (lineno, kid))
             continue
-        if kid.lower() in seen:
-            problems.append("line %d: id %r repeats line %d (ids must be unique, ignoring case)"
-                            % (lineno, kid, seen[kid.lower()]))
+        visit = cells.get(VISIT_COLUMN) or None
+        if VISIT_COLUMN in header and (not visit or not ID_RE.match(visit) or "__" in visit):
+            problems.append("line %d: visit %r is not a safe folder name (letters, digits, '.', '_', '-'; no '__')"
+                            % (lineno, visit or ""))
             continue
-        seen[kid.lower()] = lineno
+        key = kid if visit is None else "%s__%s" % (kid, visit)
+        if key.lower() in seen:
+            problems.append("line %d: %s repeats line %d (%s)" % (
+                lineno, ("id %r" % kid) if visit is None else ("id %r, visit %r" % (kid, visit)), seen[key.lower()],
+                "ids must be unique, ignoring case" if visit is None else "each knee's visits must be unique"))
+            continue
+        seen[key.lower()] = lineno
         values = dict(base_values)
         row_values: Dict[str, Any] = {}
         try:
             for h, text in cells.items():
-                if h == "id" or text == "":
+                if h in ("id", VISIT_COLUMN) or text == "":
                     continue
                 row_values[h] = parse_cell(text, h, types)
         except ValueError as exc:
             problems.append("line %d: %s" % (lineno, exc))
             continue
         values.update(_absolute_paths(row_values, base_dir))
-        values["out_dir"] = str(knee_dir(out_dir, kid))
+        values["out_dir"] = str(knee_dir(out_dir, key))
         values["resume"] = False
         opts = RunOptions(**values)
         try:
             opts.validate()
         except KneePipelineError as exc:
-            problems.append("line %d (%s): %s" % (lineno, kid, exc.message))
+            problems.append("line %d (%s): %s" % (lineno, key, exc.message))
             continue
-        jobs.append(KneeJob(kid, opts, lineno))
+        jobs.append(KneeJob(key, opts, lineno, subject=kid, visit=visit))
     if problems:
         shown = problems[:20] + (["... and %d more" % (len(problems) - 20)] if len(problems) > 20 else [])
         raise ConfigurationError("The cohort file %s has %d problem(s):\n  %s" % (csv_path, len(problems), "\n  ".join(shown)),

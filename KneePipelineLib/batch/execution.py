@@ -26,6 +26,7 @@ from ..progress import JSON_FACE, Progress, format_duration
 from .cluster import ClusterSpec, _check_gpu_workers, _describe_client, _gpu_slot, open_client
 from .cohort import CANCELLED, COMPLETE, FAILED, KNEES_DIR, KneeJob, PlannedKnee, needs_gpu, plan_cohort
 from .tables import _cohort_report, cohort_rows, cohort_summary, write_cohort_tables
+from .longitudinal import compare_cohort, merge_change_columns, write_cohort_longitudinal
 
 log = logging.getLogger("kneepipeline.batch")
 
@@ -291,8 +292,10 @@ def run_batch(jobs: Sequence[KneeJob], out_dir: str | os.PathLike, spec: Optiona
         outcomes: Dict[str, Dict[str, Any]] = {}   # filled as knees finish
         cluster_info: Dict[str, Any] = {"kind": spec.kind, "workers": None, "started": False, "used": False}
 
+        change_rows: List[Dict[str, Any]] = []     # cohorts with visits: filled after the knees
+
         def tables(interrupted: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
-            rows = cohort_rows(plans, outcomes, tracker.starts)
+            rows = merge_change_columns(cohort_rows(plans, outcomes, tracker.starts), change_rows)
             summary = cohort_summary(rows, plans, outcomes, time.time() - t0, started_iso, cluster_info, spec,
                                      retry_failed, cohort_csv, jobs)
             summary["interrupted"] = interrupted
@@ -318,7 +321,11 @@ def run_batch(jobs: Sequence[KneeJob], out_dir: str | os.PathLike, spec: Optiona
                 tables(interrupted=True)
             raise
         tracker.status_line(final=True)
+        if any(j.visit is not None for j in jobs):
+            change_rows.extend(compare_cohort(jobs, out))
         rows, summary, paths = tables(interrupted=False)
+        if change_rows:
+            paths.update(write_cohort_longitudinal(jobs, out, report=report, rows=change_rows))
         if report:
             paths.update(_cohort_report(out, paths, progress, status_stream))
     if progress is not None:

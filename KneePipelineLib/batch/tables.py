@@ -41,6 +41,8 @@ def _knee_row(plan: PlannedKnee, outcome: Optional[Dict[str, Any]], starts: int)
         action = "skipped" if plan.action == "skip" else "not_run"
     row: Dict[str, Any] = {"id": job.knee_id, "status": "pending", "action": action, "error_category": None,
                            "error_message": None, "error_hint": None}
+    if job.visit is not None:      # a cohort with visits: the knee and the visit, beside the unique key
+        row.update(subject=job.subject, visit=job.visit)
     manifest = None
     if (out / MANIFEST_NAME).is_file():
         with contextlib.suppress(OSError, ValueError, TypeError):
