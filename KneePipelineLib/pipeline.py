@@ -133,9 +133,16 @@ def run(options: RunOptions, progress: Optional[Progress] = None, command: str =
 
 
 def _previous_manifest(out_dir: Path) -> Optional[Manifest]:
+    """The folder's earlier KneePipeline manifest (None for none, or for another program's manifest.json:
+    only files our own manifest listed are ever removed)."""
+    import json
+
     try:
+        with open(out_dir / MANIFEST_NAME, "r", encoding="utf-8") as fh:
+            if not str(json.load(fh).get("schema", "")).startswith("kneepipeline-manifest/"):
+                return None
         return load_manifest(str(out_dir))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 

@@ -334,3 +334,15 @@ def test_output_in_the_input_files_own_folder_is_refused(tmp_path, coarse_knee_p
     with pytest.raises(OutputUnwritableError, match="folder of the input"):
         run(_analyze_opts(tmp_path, knee))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knee.nrrd"]
+
+
+def test_another_programs_manifest_never_makes_us_delete_its_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "manifest.json").write_text(json.dumps({"outputs": [{"path": "notes.txt", "kind": "table"}]}))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"")
+    with pytest.raises(Exception):
+        run(RunOptions(out_dir=str(out), labels=str(bad), report=False))
+    assert (out / "notes.txt").read_text() == "mine"
