@@ -183,14 +183,10 @@ def write_cohort_tables(out: Path, rows: List[Dict[str, Any]], summary: Dict[str
         import pyarrow.parquet as pq
 
         table = pa.table({c: _column_array([r.get(c) for r in rows]) for c in columns})
-        pq_path = out / COHORT_PARQUET
-        tmp = out / (".tmp-" + COHORT_PARQUET)
-        try:
-            pq.write_table(table, str(tmp))
-            os.replace(tmp, pq_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from ..io.writers import atomic_write
+
+        pq_path = atomic_write(out / COHORT_PARQUET, lambda tmp: pq.write_table(table, str(tmp)),
+                               expected_bytes=int(table.nbytes))
         paths["cohort_parquet"] = str(pq_path)
     except ImportError:
         log.warning("pyarrow is not installed: no Parquet cohort table")
