@@ -380,3 +380,44 @@ def test_try_with_sample_data_runs_the_existing_segmentation_path(mod, tmp_path,
     assert loaded.laterality == "right" and loaded.chart is not None and loaded.report_path
     seg = loaded.segmentation.GetSegmentation()
     assert seg.GetSegmentIdBySegmentName("femoral_cartilage") and "femur" in loaded.models
+
+
+# -- "Compare with an earlier run": the longitudinal command as a job, the change in a real scene -----------
+@pytest.mark.slow
+def test_compare_with_an_earlier_run_loads_change_coloured_bones(mod, tmp_path, monkeypatch, sample_labels_path):
+    """Two runs of the sample knee (the second in another scanner pose) -> KneePipelineLogic.startCompare runs
+    `kneepipeline longitudinal` in the pipeline environment -> loadComparison fills a real MRML scene."""
+    import os
+
+    import SimpleITK as sitk
+
+    from KneePipelineLib.options import RunOptions
+    from KneePipelineLib.pipeline import run
+
+    img = sitk.ReadImage(str(sample_labels_path))[40:316:2, 30:300:2, 25:160]
+    moved = sitk.Image(img)
+    moved.SetOrigin([o + d for o, d in zip(img.GetOrigin(), (5.0, -3.0, 2.0))])
+    runs = []
+    for name, im in (("v00", img), ("v12", moved)):
+        sitk.WriteImage(im, str(tmp_path / (name + ".nrrd")), True)
+        runs.append(str(tmp_path / "runs" / name))
+        run(RunOptions(out_dir=runs[-1], labels=str(tmp_path / (name + ".nrrd")), label_convention="pymskt",
+                       report=False))
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp")), raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "Slicer" / "bin" / "PythonSlicer"))
+    logic = mod.KneePipelineLogic()
+    params = _params(mod, outputDirectory=tmp_path / "out")
+    job = logic.startCompare(params, runs[0], runs[1], python=python)
+    assert job.command[job.command.index("longitudinal") + 1:job.command.index("longitudinal") + 3] == ["--baseline", runs[0]]
+    status = job.wait(timeout=300)
+    assert status.state == "complete", status.error
+    loaded = logic.loadComparison(logic.outDir)
+    names = sorted(m.GetName() for m in loaded["models"])
+    assert names == ["femur change", "patella change", "tibia change"]
+    assert loaded["table"].GetTable().GetNumberOfRows() > 8
+    changes = [r["change_percent"] for r in loaded["document"]["followups"][0]["regions"]]
+    assert max(abs(c) for c in changes) < 0.01        # a pure shift: no change

@@ -136,11 +136,16 @@ log = collapsible("logCollapsibleButton", "Log", '<layout class="QVBoxLayout" na
                     prop("maximumBlockCount", "number", 5000)), collapsed=True)
 
 results = collapsible("resultsCollapsibleButton", "Results", '<layout class="QVBoxLayout" name="resultsLayout">'
-                      '<item>%s</item><item>%s</item></layout>' % (
+                      '<item>%s</item><item>%s</item><item>%s</item></layout>' % (
                           w("QLabel", "resultsLabel", prop("text", "string", "No results yet."), prop("wordWrap", "bool", "true"),
                             prop("textInteractionFlags", "set", "Qt::TextSelectableByMouse")),
                           w("QPushButton", "openReportButton", prop("text", "string", "Open report"),
-                            prop("enabled", "bool", "false"))))
+                            prop("enabled", "bool", "false")),
+                          w("QPushButton", "compareRunButton", prop("text", "string", "Compare with an earlier run..."),
+                            prop("enabled", "bool", "false"),
+                            prop("toolTip", "string", "Choose the run folder of an earlier visit of this knee: the "
+                                 "earlier bones are shown coloured by cartilage change (blue = loss), with a "
+                                 "regional change table."))))
 
 body = "".join("<item>%s</item>" % x for x in [inputs, settings, advanced, env]) + \
     "<item>%s</item><item>%s</item>" % (run, progress) + \

@@ -137,6 +137,27 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
         opts = self.buildOptions(params, None, labels, "pymskt", outDir)
         return self._start(python, opts, outDir)
 
+    def startCompare(self, params, baselineDir: str, followupDir: str, python: Optional[str] = None):
+        """``kneepipeline longitudinal`` in the pipeline environment: the earlier run (baseline) against the
+        current one; the comparison goes into a new output folder."""
+        from KneePipelineLib import runner
+
+        if self.running:
+            raise RuntimeError("A job is already in progress.")
+        python = self.install.resolvePython(python or path_or_none(params.pythonEnvironment))
+        outDir = self.newOutputFolder(params, name="change-" + os.path.basename(os.path.normpath(followupDir)))
+        self.outDir = outDir
+        argv = ["longitudinal", "--baseline", baselineDir, "--followup", followupDir, "--out", outDir,
+                "--progress", "json"]
+        self.runner = runner.start_pipeline(python, argv, env=self.install.childBaseEnvironment(),
+                                            pythonpath=[library_parent()], out_dir=outDir)
+        return self.runner
+
+    def loadComparison(self, outDir: str):
+        from KneePipelineLib.slicer_io.longitudinal import load_longitudinal
+
+        return load_longitudinal(slicer.mrmlScene, outDir)
+
     def _start(self, python: str, opts, outDir: str):
         from KneePipelineLib import runner
 

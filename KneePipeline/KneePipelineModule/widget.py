@@ -55,6 +55,7 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.setupEnvButton.connect("clicked(bool)", self.onSetupEnvButton)
         self.ui.checkEnvButton.connect("clicked(bool)", self.onCheckEnvButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReportButton)
+        self.ui.compareRunButton.connect("clicked(bool)", self.onCompareRunButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -217,6 +218,15 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._loaded is not None and self._loaded.report_path:
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._loaded.report_path))
 
+    def onCompareRunButton(self) -> None:
+        """The loaded run is the follow-up; the user picks the earlier visit's run folder."""
+        if self._loaded is None:
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Earlier run of this knee (baseline)")
+        if folder:
+            current = self._loaded.run_dir
+            self._start("compare", "comparison", lambda: self.logic.startCompare(self._parameterNode, folder, current))
+
     # -- following the background job -----------------------------------------------------------
     def _startFollowing(self, job: str) -> None:
         self._job = job
@@ -267,6 +277,11 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         self._parameterNode.pythonEnvironment = pathlib.Path(python)
                     self.logic.install.remember(python)
                 self.ui.envStatusLabel.text = "Environment ready: %s" % python
+            elif job == "compare":
+                with slicer.util.tryWithErrorDisplay("The comparison finished but could not be loaded.", waitCursor=True):
+                    loaded = self.logic.loadComparison(self.logic.outDir)
+                    self.ui.resultsLabel.text = "Change from %s: bones coloured by cartilage change (±%.2f mm), " \
+                        "table 'Cartilage change'." % (loaded["document"]["baseline"]["visit"], loaded["limit_mm"])
             elif job == "sample-data":
                 folder = (s.result or {}).get("sample_data")
                 self._start("sample-run", "sample run",
@@ -297,5 +312,6 @@ class KneePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsLabel.text = "\n".join(lines)
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.openReportButton.enabled = bool(loaded.report_path)
+        self.ui.compareRunButton.enabled = True
         background = self._parameterNode.inputVolume if (overInput and self._parameterNode) else None
         self.logic.showResults(loaded, background=background)
