@@ -251,3 +251,63 @@ def test_results_rows_carry_the_standard_names(real_knee_morphometry):
         assert col in flat and flat[col] is not None, col
     cmt = next(r for r in rows if r["name"] == "cMT")
     assert cmt["chondrometrics"] == "cMT" and cmt["color"].startswith("#") and cmt["kind"] == "subregion"
+
+
+# -- pictures and the cohort ---------------------------------------------------------------------
+def _mesh_data(result, bone):
+    from KneePipelineLib.report.data import MeshData
+
+    poly = result.meshes[bone]
+    pts, tris = polydata_arrays(poly)
+    arrays = {n: get_point_array(poly, n) for n in ("thickness_mm", "region", "subregion", "cartilage_status")}
+    arrays["thickness_mm"] = arrays["thickness_mm"].astype(float)
+    return MeshData(bone, pts, tris, arrays, poly)
+
+
+def test_maps_and_renders_name_the_subregions(real_knee_morphometry):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from KneePipelineLib.report.maps2d import draw_map, femur_map, projected_map
+    from KneePipelineLib.report.render3d import border_segments, render_matplotlib
+
+    tib, fem = _mesh_data(real_knee_morphometry, "tibia"), _mesh_data(real_knee_morphometry, "femur")
+    fig, axes = plt.subplots(1, 2)
+    draw_map(axes[0], projected_map(tib, "tibia", "right"), 0, 4)
+    draw_map(axes[1], femur_map(fem, "right"), 0, 4)
+    texts = {t.get_text() for ax in axes for t in ax.texts}
+    plt.close(fig)
+    assert {s.name for s in C.SUBREGIONS} <= texts and {"TrF", "pMF", "pLF"} <= texts
+    assert "MT" not in texts                      # a subdivided plate is named by its subregions
+    seg = border_segments(tib.points_mm, tib.triangles, tib.arrays["subregion"])
+    assert len(seg) > 100
+    img = render_matplotlib([{"mesh": tib, "scalars": tib.thickness_mm, "vmin": 0, "vmax": 4,
+                              "codes": tib.arrays["subregion"]}], "superior", "right", size=200)
+    assert img.shape == (200, 200, 3) and img.std() > 8
+
+
+def test_cohort_report_shows_subregion_distributions(tmp_path):
+    import csv
+    import json
+
+    from KneePipelineLib.report import build_cohort_report
+
+    rng = np.random.default_rng(0)
+    cols = ["id", "status"] + ["%s_%s" % (s.name, k) for s in C.SUBREGIONS for k in ("ThCtAB.aMe", "ThCcAB.aMe",
+                                                                                       "dAB%", "tAB")]
+    path = tmp_path / "cohort_results.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i in range(10):
+            vals = [2.0 * rng.normal(1, 0.05), 2.0, 0.0, 200.0] * len(C.SUBREGIONS)
+            if i == 4:
+                vals[0] = 0.4                      # cMT_ThCtAB.aMe of knee04: a lesion
+            w.writerow(["knee%02d" % i, "complete"] + vals)
+    html = build_cohort_report(path, tmp_path / "out")
+    summary = json.loads((html.parent / "cohort_report.json").read_text())
+    assert "cohort_subregions.png" in summary["images"]
+    assert ("knee04", "cMT_ThCtAB.aMe") in {(o["id"], o["column"]) for o in summary["outliers"]}
+    assert "Summary per femorotibial subregion" in html.read_text() and "ecLF" in html.read_text()
