@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from KneePipelineLib import labels as L
-from KneePipelineLib.io import Volume, read_labels
-from KneePipelineLib.morphometry.regions import KneeFrame, femoral_subregions, knee_frame
+from KneePipelineLib.io import Volume
+from KneePipelineLib.morphometry.regions import KneeFrame, femoral_subregions
 
 H = 0.5                       # mm, isotropic voxels
 C_AP, C_SI = 0.0, 22.0        # condyle circle centre in the AP-SI plane (mm)
@@ -95,31 +95,22 @@ def test_synthetic_condyles_every_rule_decides_the_known_voxels(synthetic, side)
     assert np.all(code[vol.array == 0] == 0)
 
 
-@pytest.fixture(scope="module")
-def real_right(sample_labels_path):
-    v = read_labels(sample_labels_path)
-    return v.with_array(L.remap(v.array, L.CONVENTIONS["pymskt"]))
-
-
-def _mirror(v: Volume) -> Volume:
-    axis_ijk = int(np.argmax(np.abs(v.direction[0])))
-    return Volume(np.flip(v.array, axis=2 - axis_ijk).copy(), v.spacing_mm, v.origin_mm, v.direction)
-
-
 def _centroid(vol, mask):
     k, j, i = np.nonzero(mask)
     return vol.ijk_to_lps(np.array([[i.mean(), j.mean(), k.mean()]]))[0]
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_real_knee_medial_zones_lie_on_the_medial_side(real_right, side):
+def test_real_knee_medial_zones_lie_on_the_medial_side(request, real_knee_labels, side):
     """Sign test on the tibial medial->lateral axis (from the segmentation's own plates, not from the code
     under test): medial weight-bearing / posterior zones sit ~35 mm medial of the lateral ones; and the
     medial side is the patient's left (+x in LPS) for the right knee, right for the left knee."""
-    lab = real_right if side == "right" else _mirror(real_right)
-    assert L.detect_laterality(lab).side == side
-    frame = knee_frame(lab, side)
-    out, info, _ = femoral_subregions(lab, frame)
+    from conftest import mirror_volume
+
+    lab = real_knee_labels if side == "right" else mirror_volume(real_knee_labels)
+    result = request.getfixturevalue("real_knee_morphometry" if side == "right" else "left_knee_morphometry")
+    assert result.laterality.side == side
+    out = result.regions_volume.array
     axis = _centroid(lab, lab.array == L.MEDIAL_TIBIAL_CARTILAGE) - _centroid(lab, lab.array == L.LATERAL_TIBIAL_CARTILAGE)
     axis /= np.linalg.norm(axis)
     assert (axis[0] > 0.8) if side == "right" else (axis[0] < -0.8)
