@@ -437,10 +437,10 @@ def _folder(p: Path, files: Dict[str, bytes]) -> Path:
 def corpus(reference_means=None) -> List[Case]:
     """Every case; the valid-but-odd ones compare with ``reference_means`` (the coarse knee's regional means)
     and are left out when it is None (listing names only)."""
-    from odd_inputs import mismatch_and_misc_cases, odd_valid_cases, output_and_machine_cases
+    from odd_inputs import mismatch_and_misc_cases, odd_valid_cases, output_and_machine_cases, real_knee_broken_cases
 
     cases = (broken_file_cases() + detached_cases() + nonfinite_cases() + geometry_cases() + label_value_cases() + json_map_cases()
-             + dicom_cases() + output_and_machine_cases() + mismatch_and_misc_cases()
+             + real_knee_broken_cases() + dicom_cases() + output_and_machine_cases() + mismatch_and_misc_cases()
              + odd_valid_cases(reference_means or {}))
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"

@@ -122,6 +122,31 @@ def odd_valid_cases(reference: Dict[str, float]) -> List[Case]:
     return out
 
 
+def real_knee_broken_cases() -> List[Case]:
+    """The issue's own finding on real data: the knee as .nii.gz cut to 90 % was read with zeros for the
+    missing part and gave +8 % thickness with exit 0; NaN in a NIfTI label map was read as background."""
+    K = "broken file (every format: truncated, cut in the header, empty, garbage)"
+
+    def as_nifti(t: Path, d: Dict[str, Path]) -> Path:
+        return write(_read(d["knee"]), t / "knee.nii.gz", True)
+
+    def cut90(t, d):
+        p = as_nifti(t, d)
+        q = t / "knee-cut.nii.gz"
+        q.write_bytes(p.read_bytes()[: p.stat().st_size * 9 // 10])
+        return Built(_canon(q), "input_unreadable", says="truncated")
+
+    def nan_labels(t, d):
+        im = _read(d["knee"])
+        a = sitk.GetArrayFromImage(im).astype(np.float32)
+        a[a.shape[0] // 2, a.shape[1] // 2, a.shape[2] // 2] = np.nan
+        o = sitk.GetImageFromArray(a)
+        o.CopyInformation(im)
+        return Built(_canon(write(o, t / "knee-nan.nii.gz", True)), "invalid_input", says="NaN")
+    return [Case("real_knee_nii_gz_cut_90pct", K, cut90, needs=("knee",)),
+            Case("real_knee_nii_gz_nan_label", "NaN / infinite voxel values", nan_labels, needs=("knee",))]
+
+
 def output_and_machine_cases() -> List[Case]:
     K = "output folder and machine (busy, disk full, little memory, inside the input)"
     out: List[Case] = []
