@@ -7,7 +7,7 @@ the figures go into ONE JSON under bench/results/ with the date and the machine)
 
 * ``nnunet`` — nnU-Net ResEnc-M full-res (the published architecture and plans geometry, random weights) on a
   full-size 384x384x160 knee at 0.36x0.36x0.7 mm through our backend, TTA off, step 0.5: wall time (model
-  load + prediction, then a second, warm prediction), tiles, tiles/s, peak GPU memory.
+  load + prediction, then a second, warm prediction, then ``--profile fast``), tiles, tiles/s, peak GPU memory.
 * ``oom`` — an out-of-memory on purpose: ``torch.cuda.set_per_process_memory_fraction`` leaves the process
   ~200 MB of GPU memory, then the same network predicts a small knee (a) with the CPU fallback on: the run
   must finish on the CPU and say so, (b) with ``--no-cpu-fallback``: the run must fail with the
@@ -40,7 +40,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "Testing"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-PART_LIMITS_S = {"nnunet": 200, "oom": 120, "nsm": 150, "jobs": 120}
+# Per-part limits; together <= 8 minutes, and a part never gets more than what is left of TOTAL_LIMIT_S.
+PART_LIMITS_S = {"nnunet": 150, "oom": 90, "nsm": 100, "jobs": 140}
+TOTAL_LIMIT_S = 480
+TINY_PART_LIMIT_S = 300   # --tiny on a CPU: seconds of work each, but a shared CPU can stretch them a lot
 TINY_MODEL = ROOT / "Testing" / "fixtures" / "nnunet_tiny_knee"
 SMALL_NSM = ROOT / "Testing" / "fixtures" / "nsm_small"
 
@@ -57,12 +60,18 @@ def _sync(torch, dev) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _nnunet_root(tmp: Path, tiny: bool) -> Path:
+def _nnunet_root(work: Path, tiny: bool) -> Path:
+    """The tiny fixture, or the full-size ResEnc-M built once into ``work`` (shared by the nnunet/oom parts)."""
     if tiny:
         return TINY_MODEL / "models" / "Dataset500_KneeMRI"
     from bench_nnunet import build_model
 
-    return build_model(tmp)
+    done = work / "resenc_m.done"
+    if done.is_file():
+        return Path(done.read_text().strip())
+    root = build_model(work / "resenc_m")
+    done.write_text(str(root))
+    return root
 
 
 def _knee_image(tiny: bool, quick: bool):
@@ -78,25 +87,25 @@ def part_nnunet(args, torch, dev) -> dict:
     from KneePipelineLib.registry import get_model
     from KneePipelineLib.segmentation.nnunet import predict_nnunet
 
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        root = _nnunet_root(Path(tmp), args.tiny)
-        image = _knee_image(args.tiny, False)
-        opts = RunOptions(out_dir="x", image="x", device=dev.type, step_size=0.5, tta=False, postprocess=False,
+    root = _nnunet_root(Path(args.work), args.tiny)
+    image = _knee_image(args.tiny, False)
+    out = {"volume_ijk": list(image.shape_ijk), "spacing_mm": [float(s) for s in image.spacing_mm]}
+    for run_name, profile in (("cold", "default"), ("warm", "default"), ("fast", "fast")):
+        opts = RunOptions(out_dir="x", image="x", device=dev.type, profile=profile, tta=False, postprocess=False,
                           model_dir=str(root))
-        out = {"volume_ijk": list(image.shape_ijk), "spacing_mm": [float(s) for s in image.spacing_mm]}
-        for run_name in ("cold", "warm"):
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            _sync(torch, dev)
-            t0 = time.perf_counter()
-            res = predict_nnunet(image, get_model("nnunet_fullres"), root, opts)
-            _sync(torch, dev)
-            sec = time.perf_counter() - t0
-            tiles = res.model.get("tiles")
-            out[run_name] = dict({"seconds": round(sec, 3), "tiles": tiles,
-                                  "tiles_per_s": round(tiles / sec, 2) if tiles else None,
-                                  "device": res.model.get("device")}, **_cuda_stats(torch, dev))
-        return out
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        _sync(torch, dev)
+        t0 = time.perf_counter()
+        res = predict_nnunet(image, get_model("nnunet_fullres"), root, opts)
+        _sync(torch, dev)
+        sec = time.perf_counter() - t0
+        tiles = int(sum(res.model.get("tiles") or []))  # one count per stage
+        out[run_name] = dict({"seconds": round(sec, 3), "tiles": tiles, "precision": res.model.get("precision"),
+                              "profile": profile, "step_size": res.model.get("step_size"),
+                              "tiles_per_s": round(tiles / sec, 2) if tiles else None,
+                              "device": res.model.get("device")}, **_cuda_stats(torch, dev))
+    return out
 
 
 def part_oom(args, torch, dev) -> dict:
@@ -111,22 +120,21 @@ def part_oom(args, torch, dev) -> dict:
     allowed_mb = 200.0
     torch.cuda.set_per_process_memory_fraction(allowed_mb * 2 ** 20 / total, dev)
     out = {"allowed_gpu_mb": allowed_mb}
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        root = _nnunet_root(Path(tmp), args.tiny)
-        image = _knee_image(args.tiny, True)
-        base = dict(out_dir="x", image="x", device="cuda", step_size=1.0, tta=False, postprocess=False,
-                    model_dir=str(root), threads=os.cpu_count())
-        t0 = time.perf_counter()
-        res = predict_nnunet(image, get_model("nnunet_fullres"), root, RunOptions(cpu_fallback=True, **base))
-        out["fallback"] = {"seconds": round(time.perf_counter() - t0, 2), "device": res.model.get("device"),
-                           "warnings": list(res.model.get("warnings") or []),
-                           "ok": str(res.model.get("device")) == "cpu"}
-        try:
-            predict_nnunet(image, get_model("nnunet_fullres"), root, RunOptions(cpu_fallback=False, **base))
-            out["no_fallback"] = {"ok": False, "note": "no out-of-memory error was raised"}
-        except GpuOutOfMemoryError as exc:
-            out["no_fallback"] = {"ok": True, "category": exc.category, "message": exc.message, "hint": exc.hint,
-                                  "exit_code": exc.exit_code}
+    root = _nnunet_root(Path(args.work), args.tiny)
+    image = _knee_image(args.tiny, True)
+    base = dict(out_dir="x", image="x", device="cuda", step_size=1.0, tta=False, postprocess=False,
+                model_dir=str(root), threads=os.cpu_count())
+    t0 = time.perf_counter()
+    res = predict_nnunet(image, get_model("nnunet_fullres"), root, RunOptions(cpu_fallback=True, **base))
+    out["fallback"] = {"seconds": round(time.perf_counter() - t0, 2), "device": res.model.get("device"),
+                       "warnings": list(res.model.get("warnings") or []),
+                       "ok": str(res.model.get("device")) == "cpu"}
+    try:
+        predict_nnunet(image, get_model("nnunet_fullres"), root, RunOptions(cpu_fallback=False, **base))
+        out["no_fallback"] = {"ok": False, "note": "no out-of-memory error was raised"}
+    except GpuOutOfMemoryError as exc:
+        out["no_fallback"] = {"ok": True, "category": exc.category, "message": exc.message, "hint": exc.hint,
+                              "exit_code": exc.exit_code}
     return out
 
 
@@ -164,7 +172,7 @@ def part_nsm(args, torch, dev) -> dict:
             del dec
         bone_path, cart_path = _femur_meshes()
         bone, cart = read_mesh(bone_path), (read_mesh(cart_path) if cart_path else None)
-        steps = 20 if args.tiny else 200
+        steps = 10 if args.tiny else 200
         out = {"model": "small fixture" if args.tiny else "published architecture, random weights",
                "femur": bone_path.name, "steps": steps}
         for prec in ("fp32", "bf16"):
@@ -175,7 +183,7 @@ def part_nsm(args, torch, dev) -> dict:
             _sync(torch, dev)
             t0 = time.perf_counter()
             fit = model.fit(bone, cart if model.arch.n_objects >= 2 else None, laterality="right", seed=0,
-                            iterations=steps, patience=10 ** 6, precision=prec, mesh_resolution=64 if args.tiny else 256)
+                            iterations=steps, patience=10 ** 6, precision=prec, mesh_resolution=32 if args.tiny else 256)
             _sync(torch, dev)
             sec = time.perf_counter() - t0
             rep = fit.to_json()
@@ -201,7 +209,12 @@ def part_jobs(args, torch, dev) -> dict:
     n_jobs = 1 if args.tiny else 12
     allocated, seconds = [], []
     with tempfile.TemporaryDirectory(prefix="gpu-check-jobs-") as tmp:
-        img, _ = S.heldout_case(S.load_sample_labels(labels_path), "right")
+        if args.tiny:  # a crop of the held-out knee: 3 tiny-model tiles, seconds on a CPU
+            from heldout_crop import heldout_crop
+
+            img, _ = heldout_crop(S.load_sample_labels(labels_path), "right")
+        else:
+            img, _ = S.heldout_case(S.load_sample_labels(labels_path), "right")
         image_path = Path(tmp) / "knee.nii.gz"
         write_volume(img, image_path)
         for j in range(n_jobs):
@@ -230,8 +243,33 @@ def child(args) -> int:
     t0 = time.perf_counter()
     out = PARTS[args.child](args, torch, dev)
     out.setdefault("part_seconds", round(time.perf_counter() - t0, 2))
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_seconds"] = round(r.ru_utime + r.ru_stime, 1)  # the whole process; steadier than wall when shared
     print("RESULT " + json.dumps(out, default=str))
     return 0
+
+
+def run_part(part: str, args, work: str, limit_s: float) -> dict:
+    """One part in its own process (its own CUDA context and memory), stopped after ``limit_s``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", part, "--device", args.device, "--work", work] + \
+          (["--tiny"] if args.tiny else []) + (["--threads", str(args.threads)] if args.threads else [])
+    if part == "oom" and args.device != "cuda":  # decided here: no process (and no torch import) needed
+        return {"skipped": "needs a CUDA device (set_per_process_memory_fraction is CUDA-only)"}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode == 0 and line:
+            res = json.loads(line[-1][7:])
+        else:
+            res = {"failed": "exit %d" % proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+        res = {"failed": "exceeded its %d s limit" % limit_s}
+    res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return res
 
 
 def environment(torch_device: str) -> dict:
@@ -252,7 +290,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="small stand-ins (exercise the script on a CPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="print only; no bench/results file")
+    ap.add_argument("--results-dir", default=None, help="write the JSON here instead of bench/results/")
     ap.add_argument("--child", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
@@ -262,30 +302,26 @@ def main(argv=None) -> int:
         ap.error("unknown part(s): %s (choose from %s)" % (", ".join(unknown), ", ".join(PARTS)))
     figures = {"environment": environment(args.device), "tiny": args.tiny, "parts": {}}
     t_all = time.perf_counter()
-    for part in parts:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", part, "--device", args.device] + \
-              (["--tiny"] if args.tiny else []) + (["--threads", str(args.threads)] if args.threads else [])
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PART_LIMITS_S[part],
-                                  env=dict(os.environ, HF_HUB_OFFLINE="1"))
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode == 0 and line:
-                res = json.loads(line[-1][7:])
-            else:
-                res = {"failed": "exit %d" % proc.returncode, "stderr_tail": proc.stderr[-2000:]}
-        except subprocess.TimeoutExpired:
-            res = {"failed": "exceeded its %d s limit" % PART_LIMITS_S[part]}
-        res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        figures["parts"][part] = res
-        print("%-7s %s" % (part, json.dumps(res, default=str)[:600]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
+        if args.tiny:  # small stand-ins on a CPU: the parts are independent, run two at a time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = {p: pool.submit(run_part, p, args, work, TINY_PART_LIMIT_S) for p in parts}
+                for part in parts:
+                    figures["parts"][part] = res = futures[part].result()
+                    print("%-7s %s" % (part, json.dumps(res, default=str)[:600]), flush=True)
+        else:  # one at a time: each part has the GPU (and its memory figures) to itself
+            for part in parts:
+                limit = max(1.0, min(PART_LIMITS_S[part], TOTAL_LIMIT_S - (time.perf_counter() - t_all)))
+                figures["parts"][part] = res = run_part(part, args, work, limit)
+                print("%-7s %s" % (part, json.dumps(res, default=str)[:600]), flush=True)
     figures["total_seconds"] = round(time.perf_counter() - t_all, 1)
     print("total %.0f s" % figures["total_seconds"])
     if not args.no_write:
         from KneePipelineLib.benchinfo import write_result
 
-        path = write_result("gpu_check" + ("-tiny" if args.tiny else ""), figures)
-        print("wrote %s" % path)
+        write_result("gpu_check" + ("-tiny" if args.tiny else ""), figures, out_dir=args.results_dir)  # prints the path
     failed = [p for p, r in figures["parts"].items() if "failed" in r]
     return 1 if failed else 0
 
