@@ -235,6 +235,8 @@ def _assert_failed_without_results(out: Path, step: str, category: str) -> None:
 LATE_FAILURES = [  # step, file whose write fails (a full disk at that moment), extra options
     ("morphometry", "*.vtp", {}),
     ("t2", "t2_ms.nii.gz", {"echo_times_ms": [10.0, 20.0, 30.0, 40.0]}),
+    ("nsm", "nsm_bone_only_*", {"nsm": "bone_only", "nsm_iterations": 2, "nsm_samples": 500,
+                                "nsm_mesh_resolution": 64}),
     ("results", "results.json", {}),    # results.csv is already written when results.json fails
     ("bundle", "results_bundle.zip", {}),
 ]
@@ -247,6 +249,8 @@ def test_a_step_failing_late_leaves_no_results(step, pattern, extra, tmp_path, c
 
     if step == "t2":
         extra = dict(extra, echoes=[str(_echo_series(tmp_path))])
+    if step == "nsm":   # our own small shape model (Testing/fixtures/nsm_small)
+        extra = dict(extra, nsm_dir=str(Path(__file__).resolve().parent / "fixtures" / "nsm_small"))
     out = tmp_path / "out"
     with simulated_write_failure(pattern), pytest.raises(OutputUnwritableError):
         run(_analyze_opts(out, coarse_knee_path, **extra))
