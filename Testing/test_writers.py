@@ -195,3 +195,19 @@ def test_the_manifest_and_writers_import_without_numpy():
             "heavy = [m for m in ('numpy', 'SimpleITK', 'vtk') if m in sys.modules]\n"
             "assert not heavy, heavy\n" % str(ROOT))
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_mesh_file_cut_short_is_refused(tmp_path):
+    import vtk
+
+    src = vtk.vtkSphereSource()
+    src.Update()
+    W.write_mesh(src.GetOutput(), tmp_path / "ok.vtp")
+    W.write_mesh(src.GetOutput(), tmp_path / "ok.vtk", "vtk")
+    full = (tmp_path / "ok.vtp").read_bytes()
+    cut = tmp_path / "cut.vtp"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(OutputUnwritableError, match="incompletely"):
+        W._verify_mesh_file(cut, "vtp", src.GetOutput().GetNumberOfPoints(), "cut.vtp")
+    W._verify_mesh_file(tmp_path / "ok.vtp", "vtp", src.GetOutput().GetNumberOfPoints(), "ok.vtp")
+    W._verify_mesh_file(tmp_path / "ok.vtk", "vtk", src.GetOutput().GetNumberOfPoints(), "ok.vtk")

@@ -229,6 +229,20 @@ def mesh_bytes_estimate(poly: Any) -> int:
     return n_pts * per_point + n_cells * 4 * 8 + 64 * 1024
 
 
+def _verify_mesh_file(tmp: Path, fmt: str, n_points: int, shown: str) -> None:
+    """A written mesh is complete: a VTP ends with its closing tag; a legacy VTK holds at least its points."""
+    size = tmp.stat().st_size
+    if fmt == "vtp":
+        with open(str(tmp), "rb") as fh:
+            fh.seek(max(size - 64, 0))
+            complete = b"</VTKFile>" in fh.read()
+    else:
+        complete = size >= n_points * 3 * 4
+    if not complete:
+        raise OutputUnwritableError("The mesh %s was written incompletely (%d bytes)." % (shown, size),
+                                    hint="Check the free disk space and that the output folder is writable.")
+
+
 def write_mesh(poly: Any, path: PathLike, fmt: str = "vtp") -> Path:
     """Binary VTP (default) or legacy binary VTK, atomically; the free space is checked before VTK starts
     (its writers crash when the disk fills under them) and the written file is checked after."""
@@ -256,6 +270,7 @@ def write_mesh(poly: Any, path: PathLike, fmt: str = "vtp") -> Path:
             raise OutputUnwritableError("Writing the mesh %s failed%s." % (
                 Path(path).name, (" (%s)" % os.strerror(code)) if code else ""),
                 hint="Check the free disk space and that the output folder is writable.")
+        _verify_mesh_file(tmp, fmt, int(poly.GetNumberOfPoints()), Path(path).name)
 
     return atomic_write(path, write, expected_bytes=mesh_bytes_estimate(poly))
 
