@@ -6,7 +6,7 @@ The estimates are upper bounds of each step's peak working set, built from the a
 * morphometry: per structure, the native crop (mask + smoothed float32 field) and the 1 mm / 0.5 mm resampled
   fields the bone meshes are contoured on, plus the whole-volume label and region maps;
 * t2: the echo stack (float32) with two working copies plus ~16 float64 per-voxel fit arrays (the bench's
-  1.0 M-voxel MESE fit peaks at 441 MB RSS; the estimate is 0.82 GB);
+  1.0 M-voxel, 8-echo MESE fit peaks at 441 MB RSS; the estimate is 0.85 GB);
 * segmentation: the image resampled to the model's spacing (a knee model works at <= 0.7 mm) times the
   class logits (float16) and probabilities (float32) nnU-Net keeps for the whole volume.
 
