@@ -71,6 +71,8 @@ class MeshSettings:
     ray_inner_mm: float = 2.5               # ray starts this far inside the bone
     ray_outer_mm: float = 10.0              # and ends this far outside
     ray_step_mm: float = 0.1                # sampling step along rays
+    # ray directions: normals of the bone field smoothed to this variance (mm²); None = the meshing field's
+    ray_normal_smooth_var_mm2: Optional[float] = None
     region_max_distance_mm: float = 1.0     # bone surface within this of a region's cartilage counts as its plate
     keep_largest_bone_component: bool = True
     # output bone meshes resampled to about this many vertices (like the reference's 20k/20k/10k);
@@ -222,7 +224,7 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         if target:
             # the resampled grid is anchored at the volume's centre voxel, not at voxel 0: a mirrored (left)
             # or axis-permuted copy of a label map then gets the mirrored / permuted grid and the same mesh
-            c_kji = (np.array(arr.shape, dtype=float) - 1.0) / 2.0
+            c_kji = np.zeros(3)  # TRIAL
             centred = Volume(arr, lab.spacing_mm, lab.ijk_to_lps(c_kji[::-1][None])[0], lab.direction)
             poly = mesh_from_field_target_points(fld, np.asarray(off, dtype=float) - c_kji, centred, int(target))
         else:
@@ -231,7 +233,13 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
             warnings.append("The %s is too small to mesh." % name)
             continue
         if tissue in BONE_KEYS:     # ray directions: the smoothed field's own normals
-            set_normals(poly, field_normals(fld, off, lab, polydata_arrays(poly)[0]))
+            nfld = fld
+            extra = (settings.ray_normal_smooth_var_mm2 or 0.0) - var
+            if extra > 0:
+                from scipy import ndimage
+
+                nfld = ndimage.gaussian_filter(fld, sigma=np.sqrt(extra) / lab.spacing_mm[::-1], mode="constant")
+            set_normals(poly, field_normals(nfld, off, lab, polydata_arrays(poly)[0]))
         meshes[name] = poly
         if tissue not in BONE_KEYS:
             fields[tissue] = _field_volume(fld, off, lab)
