@@ -224,7 +224,7 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         if target:
             # the resampled grid is anchored at the volume's centre voxel, not at voxel 0: a mirrored (left)
             # or axis-permuted copy of a label map then gets the mirrored / permuted grid and the same mesh
-            c_kji = np.zeros(3)  # TRIAL
+            c_kji = (np.array(arr.shape, dtype=float) - 1.0) / 2.0
             centred = Volume(arr, lab.spacing_mm, lab.ijk_to_lps(c_kji[::-1][None])[0], lab.direction)
             poly = mesh_from_field_target_points(fld, np.asarray(off, dtype=float) - c_kji, centred, int(target))
         else:
