@@ -31,9 +31,12 @@ TRAINER = MODEL_DIR / "models" / "Dataset500_KneeMRI" / "nnUNetTrainer__nnUNetRe
 # Thresholds set from measurement (see model_card.json and the lead's report) with margin.
 MIN_DICE = {L.FEMUR: 0.9, L.TIBIA: 0.9, L.PATELLA: 0.85, L.FEMORAL_CARTILAGE: 0.8, L.PATELLAR_CARTILAGE: 0.7,
             L.MEDIAL_MENISCUS: 0.65, L.LATERAL_MENISCUS: 0.65}
+# the held-out left knee (never trained on; stage 4-5 training had mirrored knees), measured 0.87-0.98
+LEFT_MIN_DICE = {L.FEMUR: 0.9, L.TIBIA: 0.9, L.PATELLA: 0.85, L.FEMORAL_CARTILAGE: 0.85, L.PATELLAR_CARTILAGE: 0.75,
+                 L.MEDIAL_MENISCUS: 0.75, L.LATERAL_MENISCUS: 0.75}
 THICKNESS_REL_TOL = 0.20     # regional mean thickness vs. analyze on the true labels
-# The tiny model labels most medial tibial cartilage as lateral (held-out Dice ~0.1, model_card.json), so the
-# tibial regions are not compared; femoral regions, the femoral plate and the patella are.
+# The tiny model treats the two tibial cartilage plates as one class (model_card.json; the train script's
+# "Known weakness"), so tibial regions are not compared; femoral regions, the femoral plate and the patella are.
 THICKNESS_REGIONS = ["femur_trochlea", "femur_medial_weightbearing", "femur_lateral_weightbearing",
                      "femur_medial_posterior", "femur_lateral_posterior", "femur", "patella"]
 STEPS = ["input", "segmentation", "morphometry", "results", "report", "bundle"]
@@ -90,6 +93,25 @@ def truth_run(case, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def left_run(tmp_path_factory, sample_labels_path):
+    """The held-out LEFT knee (mirrored, rotated, scaled; never trained on), stored as a RAS-canonical NIfTI
+    (the voxel order dcm2niix / FSL users bring), run in-process with one thread and no report."""
+    import SimpleITK as sitk
+
+    d = tmp_path_factory.mktemp("e2e_left")
+    sample = S.load_sample_labels(sample_labels_path)
+    img, lab = S.heldout_case(sample, "left")
+    truth = lab.with_array(np.where(lab.array == L.FIBULA, 0, lab.array).astype(np.uint8))
+    sitk.WriteImage(sitk.DICOMOrient(img.to_sitk(), "RAS"), str(d / "left_knee_ras.nii.gz"))
+    out = d / "run"
+    opts = RunOptions(out_dir=str(out), image=str(d / "left_knee_ras.nii.gz"), model="nnunet_fullres",
+                      model_dir=str(MODEL_DIR), device="cpu", report=False, threads=1)
+    manifest = run(opts, Progress(sink=lambda e: None), command="run")
+    assert manifest.status == "complete"
+    return {"out": out, "truth": truth}
+
+
 def _segmentation(out):
     import SimpleITK as sitk
 
@@ -133,8 +155,9 @@ def test_the_segmentation_is_meaningful(cli_run, case):
     dice = {t: S.dice(seg, case["truth_array"], t) for t in MIN_DICE}
     for t, lo in MIN_DICE.items():
         assert dice[t] >= lo, (L.TISSUES[t], dice[t])
-    # every tissue of the model is found, none invented
-    assert set(np.unique(seg)) == set(np.unique(case["truth_array"]))
+    # none invented; every tissue of the model found except the tibial split (one class to the tiny model)
+    found, true = set(np.unique(seg).tolist()), set(np.unique(case["truth_array"]).tolist())
+    assert found <= true and true - found <= {L.LATERAL_TIBIAL_CARTILAGE}, (found, true)
 
 
 def test_laterality_is_right(cli_run):
@@ -154,7 +177,7 @@ def test_regional_thickness_agrees_with_the_true_label_analysis(cli_run, truth_r
     p, t = rows(pred), rows(true)
     every = ["femur_trochlea", "femur_medial_weightbearing", "femur_lateral_weightbearing",
              "femur_medial_posterior", "femur_lateral_posterior", "tibia_medial", "tibia_lateral", "patella"]
-    assert set(every) <= set(p) and set(every) <= set(t)
+    assert set(every) <= set(t) and set(every) - {"tibia_lateral"} <= set(p)   # tibial split: see MIN_DICE note
     for n in THICKNESS_REGIONS:
         a, b = p[n]["thickness_mean_mm"], t[n]["thickness_mean_mm"]
         assert abs(a - b) <= THICKNESS_REL_TOL * b, (n, a, b)
@@ -211,3 +234,25 @@ def test_resume_reuses_the_segmentation_after_a_later_step_failed(case, tmp_path
 
     m2 = run(RunOptions(resume=True, postprocess=False, **{k: v for k, v in base.items()}))
     assert not m2.steps["segmentation"].get("reused")   # other model options: segment again
+
+
+def test_left_knee_in_ras_voxel_order_end_to_end(left_run):
+    """A left knee as a RAS-canonical NIfTI: the model gets it in its own frame, the labels come back in
+    the file's voxel order and geometry, the left side is recognised and the femoral regions are measured."""
+    import SimpleITK as sitk
+
+    out, truth = left_run["out"], left_run["truth"]
+    seg_img = sitk.ReadImage(str(out / "segmentation.nii.gz"))
+    assert np.allclose(np.array(seg_img.GetDirection()).reshape(3, 3)[:2, :2], -np.eye(2), atol=0.3)  # RAS
+    seg = sitk.GetArrayFromImage(sitk.Resample(seg_img, truth.to_sitk(), sitk.Transform(),
+                                               sitk.sitkNearestNeighbor, 0))
+    for t, lo in LEFT_MIN_DICE.items():
+        d = S.dice(seg, truth.array, t)
+        assert d is not None and d >= lo, (L.TISSUES[t], d)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["laterality"]["side"] == "left"
+    rows = {r["name"]: r for r in doc["regions"]}
+    for name in ("femur_medial_weightbearing", "femur_lateral_weightbearing", "femur_trochlea", "patella"):
+        assert rows[name]["thickness_mean_mm"] and rows[name]["thickness_mean_mm"] > 0.5, (name, rows[name])
+    model = json.loads((out / "manifest.json").read_text())["models"]["segmentation"]
+    assert model["frame"]["frame"] == ["LR", "SI", "AP"] and model["frame"]["transpose"] != [0, 1, 2]
