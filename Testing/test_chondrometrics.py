@@ -311,3 +311,22 @@ def test_cohort_report_shows_subregion_distributions(tmp_path):
     assert "cohort_subregions.png" in summary["images"]
     assert ("knee04", "cMT_ThCtAB.aMe") in {(o["id"], o["column"]) for o in summary["outliers"]}
     assert "Summary per femorotibial subregion" in html.read_text() and "ecLF" in html.read_text()
+
+
+def test_slicer_table_holds_plates_regions_and_subregions_typed(real_knee_morphometry):
+    """The rows results.json carries become one Slicer table: numbers as numbers, the legend colour and the
+    code as text, every subregion present, units from chondrometrics.UNITS."""
+    slicer = pytest.importorskip("slicer")
+    from KneePipelineLib.slicer_io import table_from_rows
+    from KneePipelineLib.steps.results import region_row
+
+    rows = [region_row(s) for s in real_knee_morphometry.regions]
+    node = table_from_rows(slicer.vtkMRMLScene(), "knee regional thickness", rows, units=dict(C.UNITS))
+    t = node.GetTable()
+    assert t.GetNumberOfRows() == len(rows) == 12 + len(C.SUBREGIONS)
+    for col in ("tAB", "dAB%", "ThCtAB.aMe", "ThCcAB.aMe", "ThCAC.aMe", "VC"):
+        assert t.GetColumnByName(col).IsNumeric(), col
+    assert not t.GetColumnByName("color").IsNumeric() and not t.GetColumnByName("chondrometrics").IsNumeric()
+    codes = [t.GetColumnByName("chondrometrics").GetValue(i) for i in range(t.GetNumberOfRows())]
+    assert {s.name for s in C.SUBREGIONS} <= set(codes)
+    assert node.GetColumnUnitLabel("tAB") == "mm2" and node.GetColumnUnitLabel("ThCtAB.aMe") == "mm"
