@@ -8,8 +8,11 @@ enclosed patch takes the region of its nearest plate vertex. Bone beside a plate
 tAB: without a segmented bone interface, bare bone at a plate's edge cannot be told from bone that never
 carried cartilage (a denuded area reaching the rim is therefore under-counted; see docs/MEASURES.md).
 
+Measures are sums over quadrature points (16 per bone triangle touching tAB; :class:`Samples`), so the
+subregion borders, fitted on them (:class:`PlateRule`), cut triangles instead of moving rows of vertices.
+
 Euclidean thickness (ThCAC): for every vertex of the cartilage's articular surface, the distance to the
-nearest point of the bone-cartilage interface (the covered bone triangles). Articular vertices are
+nearest point of the bone-cartilage interface (the covered quadrature points). Articular vertices are
 those whose outward normal faces away from the bone (positive dot product with the normal of the
 nearest interface vertex); the deep face of the cartilage, lying on the bone, faces it.
 """
