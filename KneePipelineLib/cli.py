@@ -184,6 +184,9 @@ def _usage_error(message: str, hint: str) -> KneePipelineError:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .devices import enable_mps_fallback
+
+    enable_mps_fallback()   # before any command imports torch: Apple GPUs run ops MPS lacks on the CPU
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

@@ -239,6 +239,7 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
     plus ``info`` (what ran) and ``warnings``."""
     import torch
 
+    from ..devices import MPS_STEP_ERRORS, mps_fallback_warning
     from .nnunet import select_device
 
     if image.array.ndim != 3:
@@ -248,11 +249,20 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
     path = model_file(entry, model_path)
     device = select_device(getattr(options, "device", "auto"))
     _report(progress, 0.0, "loading %s" % path.name)
-    net = _load(path, device)
+    mps_failed = None
+    try:
+        net = _load(path, device)
+    except MPS_STEP_ERRORS as exc:  # a torch/GPU that cannot hold the net on MPS: the CPU, said so
+        if device.type != "mps":
+            raise
+        mps_failed, device = mps_fallback_warning(entry.id, exc), torch.device("cpu")
+        net = _load(path, device)
     size = model_input_size(net, entry)
     orientation = plane_orientation(entry)
     stack, fmap = model_slices(image, orientation)                               # (slices, rows, cols)
     warnings = geometry_warnings(image, orientation, fmap)
+    if mps_failed:
+        warnings.append(mps_failed)
     acq = plane_warning(image, getattr(entry, "acquisition_plane", None), getattr(entry, "display_name", entry.id))
     if acq:
         warnings.append(acq)
@@ -272,6 +282,11 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
             warnings.append("GPU out of memory; %s ran on the CPU instead." % entry.id)
             device = torch.device("cpu")
             net = net.to(device)
+            pred = predict_slices(net, x, batch, device, progress, 0.15, 0.9, keep_probabilities=probabilities)
+        elif device.type == "mps" and isinstance(exc, MPS_STEP_ERRORS):   # an op/dtype MPS lacks: CPU, said so
+            warnings.append(mps_fallback_warning(entry.id, exc))
+            device = torch.device("cpu")
+            net = _load(path, device)
             pred = predict_slices(net, x, batch, device, progress, 0.15, 0.9, keep_probabilities=probabilities)
         else:
             raise

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..devices import MPS_STEP_ERRORS, mps_fallback_warning
 from ..errors import ConfigurationError, GpuOutOfMemoryError, ModelInvalidError, SegmentationError
 from ..hub import file_manifest, nnunet_config_folder, snapshot_revision
 from ..io.volume import Volume
@@ -271,9 +272,8 @@ def predict_nnunet(image: Volume, entry: ModelEntry, model_root: pathlib.Path, o
             report(0.95 * si / n_stages, "nnU-Net %s on %s (folds %s, %s)" % (conf, used_device.type, ",".join(folds), ck))
             with _quiet_stdout():
                 out = _run_with_fallback(folder, frame_image, prev, used_device, options, folds, ck, tick, report)
-            if out["device"].type != used_device.type:
-                warnings.append("The %s ran out of memory in nnU-Net %s; it ran on the CPU instead (slower)."
-                                % (used_device.type.upper(), conf))
+            if out.get("fallback_warning"):
+                warnings.append(out["fallback_warning"])
             used_device = out["device"]
             tiles.append(out["tiles"])
             prev = out["seg"][None].astype(np.float32)  # what nnU-Net's read_seg gives for a prediction file
@@ -341,6 +341,19 @@ def _run_with_fallback(folder, image, prev, device, options, folds, ck, tick, re
             log.warning("GPU out of memory in %s; retrying on the CPU (slower).", folder.name)
             report(0.0, "GPU out of memory: retrying on the CPU")
             out = _run_stage(folder, image, prev, torch.device("cpu"), options, folds, ck, tick)
-            out["device"] = torch.device("cpu")
+            out.update(device=torch.device("cpu"), fallback_warning="The %s ran out of memory in nnU-Net %s; it ran "
+                       "on the CPU instead (slower)." % (device.type.upper(), folder.name))
             return out
         raise GpuOutOfMemoryError("The %s ran out of memory running nnU-Net %s." % (device.type.upper(), folder.name)) from exc
+    except MPS_STEP_ERRORS as exc:  # an Apple GPU lacking an operation/dtype: this stage on the CPU, said so
+        if device.type != "mps":
+            raise
+        import torch
+
+        release_memory(device)
+        msg = mps_fallback_warning("nnU-Net %s" % folder.name, exc)
+        log.warning(msg)
+        report(0.0, "Apple GPU (MPS) failed: retrying on the CPU")
+        out = _run_stage(folder, image, prev, torch.device("cpu"), options, folds, ck, tick)
+        out.update(device=torch.device("cpu"), fallback_warning=msg)
+        return out

@@ -45,9 +45,16 @@ _MEAN_SURFACES: Dict[tuple, tuple] = {}     # (model_dir, epoch, resolution) -> 
 def resolve_device(device: str = "auto"):
     import torch
 
+    from ..devices import auto_device, mps_available
+
     d = (device or "auto").lower()
     if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device(torch)   # cuda > mps > cpu, as segmentation
+    if d == "mps":
+        if not mps_available(torch):
+            raise ConfigurationError("--device mps was asked for but Apple MPS is not available.",
+                                     hint="Use --device cpu or auto.")
+        return torch.device("mps")
     if d.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigurationError("--device %s was asked for but no CUDA GPU is available." % device,
@@ -55,7 +62,7 @@ def resolve_device(device: str = "auto"):
         return torch.device(d)
     if d == "cpu":
         return torch.device("cpu")
-    raise ConfigurationError("Unknown device %r." % device, hint="Use auto, cpu or cuda.")
+    raise ConfigurationError("Unknown device %r." % device, hint="Use auto, cpu, cuda or mps.")
 
 
 def find_checkpoint(model_dir: Path, epoch: Optional[int] = None) -> Path:

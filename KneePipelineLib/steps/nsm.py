@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..devices import MPS_STEP_ERRORS, mps_fallback_warning
 from ..errors import ConfigurationError
 from ..options import RunOptions
 from .context import RunContext, release_memory
@@ -88,6 +89,7 @@ def step_nsm(ctx: RunContext) -> None:
     from ..hub import provenance
     from ..registry import get_model
     from ..shape import load_nsm
+    from ..shape.model import resolve_device
     from ..shape.bscore import bscore, check_compatible, load_bscore_model
 
     o = ctx.options
@@ -102,7 +104,13 @@ def step_nsm(ctx: RunContext) -> None:
     for n, model_id in enumerate(ids):
         sub = (lambda f, m="", n=n: ctx.progress.step("nsm", (n + f) / len(ids), m))
         model_dir = resolve_nsm_dir(model_id, o, progress=sub)
-        model = load_nsm(model_dir, device=o.device)
+        try:
+            model = load_nsm(model_dir, device=o.device)
+        except MPS_STEP_ERRORS as exc:  # a torch that cannot hold the model on the Apple GPU: the CPU, said so
+            if resolve_device(o.device).type != "mps":
+                raise
+            ctx.warn(mps_fallback_warning("the %s model" % model_id, exc))
+            model = load_nsm(model_dir, device="cpu")
         _check_nsm_objects(model_id, model, model_dir)
         bscore_id = get_model(model_id).config["bscore"]
         try:
@@ -123,10 +131,20 @@ def step_nsm(ctx: RunContext) -> None:
                 ctx.warn("The B-score model found at %s scores %d-value latents but this NSM has %d: B-score not "
                          "computed (pass --bscore-dir)." % (bs_dir, bs_model.latent_size, model.latent_size))
                 bs_model = None
-        fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
-                        seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
-                        progress=sub, warn=ctx.warn, mesh_resolution=o.nsm_mesh_resolution,
-                        precision=o.nsm_precision, threads=o.threads)
+        def fit_on(m):
+            return m.fit(femur, cart if m.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
+                         seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
+                         progress=sub, warn=ctx.warn, mesh_resolution=o.nsm_mesh_resolution,
+                         precision=o.nsm_precision, threads=o.threads)
+
+        try:
+            fit = fit_on(model)
+        except MPS_STEP_ERRORS as exc:  # an operation/dtype the Apple GPU lacks: this fit on the CPU, said so
+            if model.device.type != "mps":
+                raise
+            ctx.warn(mps_fallback_warning("the %s fit" % model_id, exc))
+            model = load_nsm(model_dir, device="cpu")
+            fit = fit_on(model)
         doc = fit.to_json()
         doc["model_dir"] = str(model_dir)
         doc["epoch"] = model.epoch
