@@ -173,16 +173,26 @@ def test_dosma_same_physical_labels_in_six_voxel_orders(knee, tmp_path):
     _check_orders(results, min_structures=2)
 
 
-def test_a_coronal_scan_into_a_sagittal_model_warns_with_its_slice_spacing(tmp_path):
-    from KneePipelineLib.segmentation import segment
+def test_a_coronal_scan_into_a_sagittal_model_warns_with_its_slice_spacing(tmp_path, capsys):
+    """`kneepipeline segment` on a coronal acquisition: a warning event naming the plane and the slice
+    spacing the sagittal-trained model has to live with; the labels keep the input's geometry."""
+    import json
+
+    from KneePipelineLib.cli import main
+    from KneePipelineLib.io.readers import read_labels, write_volume
 
     cor = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)   # i -> L, j -> I, k -> P: slices along AP
     rng = np.random.default_rng(0)
     img = Volume(rng.random((12, 40, 40)).astype(np.float32) * 100, (0.7, 0.7, 2.5), (0, 0, 0), cor)
-    opts = RunOptions(model="nnunet_fullres", model_dir=str(TINY_KNEE), device="cpu", threads=1, offline=True,
-                      postprocess=False)
-    res = segment(img, opts)
-    (w,) = [w for w in res.model["warnings"] if "acquisition" in w]
+    write_volume(img, tmp_path / "coronal.nii.gz")
+    rc = main(["segment", "--image", str(tmp_path / "coronal.nii.gz"), "--model", "nnunet_fullres", "--model-dir",
+               str(TINY_KNEE), "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1",
+               "--no-postprocess"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    events = [json.loads(line) for line in cap.out.splitlines() if line.startswith("{")]
+    (w,) = [e["message"] for e in events if e["event"] == "warning" and "acquisition" in e["message"]]
     assert "coronal acquisition" in w and "2.50 mm" in w and "sagittal" in w
-    assert res.model["frame"]["image_axes"] == ["AP", "SI", "RL"]
-    assert img.same_geometry(res.labels, tol=1e-9)
+    info = json.loads((tmp_path / "out" / "segmentation.json").read_text())
+    assert info["model"]["frame"]["image_axes"] == ["AP", "SI", "RL"]
+    assert read_labels(tmp_path / "out" / "segmentation.nii.gz").same_geometry(img, tol=1e-5)

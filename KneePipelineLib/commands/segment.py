@@ -44,6 +44,8 @@ def main(args, progress) -> int:
     image = read_image(opts.image, workdir=str(out))
     progress.step("read", 1.0, "image %s voxels" % "x".join(map(str, image.shape_ijk)))
     result = segment(image, opts, progress.sub("segment"))
+    for w in (result.model or {}).get("warnings", []) or []:   # e.g. an acquisition plane the model never saw
+        progress.warning(w)
     progress.step("write", 0.0, "writing segmentation")
     seg_path = out / "segmentation.nii.gz"
     write_volume(result.labels, seg_path)
