@@ -114,3 +114,19 @@ def test_profile_is_validated_and_reaches_the_command_line():
     add_model_args(p)
     add_run_control_args(p)
     assert options_from_args(p.parse_args(["--out", "o", "--profile", "fast"])).profile == "fast"
+
+
+def test_the_slicer_panel_offers_the_profiles():
+    import ast
+
+    from KneePipelineLib.options import PROFILES
+
+    src = (ROOT / "KneePipeline" / "KneePipelineModule" / "parameters.py").read_text(encoding="utf-8")
+    field = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.AnnAssign)
+             and getattr(n.target, "id", "") == "profile"]
+    assert field, "the parameter node has no 'profile' field"
+    ann = ast.unparse(field[0].annotation)
+    assert ast.literal_eval(ann.split("Choice(")[1].split(")")[0]) == list(PROFILES)
+    assert ast.literal_eval(field[0].value) == RunOptions().profile
+    logic = (ROOT / "KneePipeline" / "KneePipelineModule" / "logic.py").read_text(encoding="utf-8")
+    assert "profile=params.profile" in logic

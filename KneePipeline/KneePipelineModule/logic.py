@@ -80,7 +80,7 @@ class KneePipelineLogic(ScriptedLoadableModuleLogic):
                                           "T2 mapping off.")
         opts = RunOptions(out_dir=outDir, image=image, labels=labels, label_convention=convention,
                           model=params.model or "nnunet_fullres", device=params.device, tta=bool(params.tta),
-                          step_size=float(params.stepSize), bone_smooth_var_mm2=float(params.boneSmoothVarMm2),
+                          step_size=float(params.stepSize), profile=params.profile, bone_smooth_var_mm2=float(params.boneSmoothVarMm2),
                           cartilage_smooth_var_mm2=float(params.cartilageSmoothVarMm2), nsm=params.nsm,
                           echoes=[echoes] if echoes else None,
                           timeout_s=float(params.timeoutMinutes) * 60.0 if params.timeoutMinutes else None)

@@ -30,6 +30,7 @@ class KneePipelineParameterNode:
     t2Enabled: bool = False
     echoesPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    profile: Annotated[str, Choice(["default", "fast"])] = "default"
     boneSmoothVarMm2: Annotated[float, WithinRange(0.0, 5.0)] = 0.5
     cartilageSmoothVarMm2: Annotated[float, WithinRange(0.0, 5.0)] = 0.3125
     tta: bool = False
