@@ -24,14 +24,22 @@ from KneePipelineLib.segmentation.nnunet import predict_nnunet  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread_private_cache(tmp_path_factory):
-    """One torch thread (shared CI cores) and a model cache (sha256 memo) inside tmp."""
+    """One torch thread (shared CI cores), a model cache (sha256 memo) inside tmp, and fp32 arithmetic: these
+    tests compare labels voxel for voxel with nnunetv2's own (fp32) predictor, so the bf16 autocast chosen by
+    default on CPUs with native bf16 (segmentation/cpu_speed.py) is switched off here."""
     import os
 
     old = torch.get_num_threads()
     old_cache = os.environ.get("KNEEPIPELINE_CACHE")
+    old_bf16 = os.environ.get("KNEEPIPELINE_CPU_BF16")
     torch.set_num_threads(1)
     os.environ["KNEEPIPELINE_CACHE"] = str(tmp_path_factory.mktemp("kp_cache"))
+    os.environ["KNEEPIPELINE_CPU_BF16"] = "0"
     yield
+    if old_bf16 is None:
+        os.environ.pop("KNEEPIPELINE_CPU_BF16", None)
+    else:
+        os.environ["KNEEPIPELINE_CPU_BF16"] = old_bf16
     torch.set_num_threads(old)
     if old_cache is None:
         os.environ.pop("KNEEPIPELINE_CACHE", None)
