@@ -171,3 +171,35 @@ def test_sample_archive_extraction_checks_sha_and_takes_only_listed_files(tmp_pa
     out = sd.extract_members(arch, tmp_path / "cache", expected_sha256=sha)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["pymskt/MESE_T2_dicom_anon/a.dcm", "pymskt/SAG_3D_DESS_RIGHT_bones_cart_men_fib-label.nrrd"]
+
+
+def test_geometry_checks_reject_what_no_knee_has_and_warn_on_shear():
+    from KneePipelineLib.errors import InvalidInputError
+    from KneePipelineLib.io.validate import check_geometry
+
+    assert check_geometry((0.36, 0.36, 0.7), (384, 384, 160), np.eye(3), "knee") == []
+    for spacing in ((0.01, 1, 1), (1, 1, 10.0), (1, float("nan"), 1)):
+        with pytest.raises(InvalidInputError, match="spacing"):
+            check_geometry(spacing, (10, 10, 10), np.eye(3), "x")
+    with pytest.raises(InvalidInputError, match="far more than a knee"):
+        check_geometry((1, 1, 1), (10, 10, 1200), np.eye(3), "x")
+    with pytest.raises(InvalidInputError, match="degenerate"):
+        check_geometry((1, 1, 1), (10, 10, 10), np.array([[1, 1, 0], [0, 0, 0], [0, 0, 1.0]]), "x")
+    d = np.eye(3)
+    d[:, 2] = [0.05, 0, 1]
+    d[:, 2] /= np.linalg.norm(d[:, 2])
+    (w,) = check_geometry((1, 1, 1), (10, 10, 10), d, "x")
+    assert "sheared" in w and "2.86 degrees" in w      # atan(0.05) = 2.86 degrees off a right angle
+    oblique = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    assert check_geometry((1, 1, 1), (10, 10, 10), oblique, "x") == []   # oblique but orthogonal: fine
+
+
+def test_echo_time_missing_is_none_and_malformed_is_an_error():
+    from KneePipelineLib.errors import DicomError
+    from KneePipelineLib.io.dicom import parse_echo_time
+
+    assert parse_echo_time(None, "a") is None and parse_echo_time(" ", "a") is None
+    assert parse_echo_time("12.5\\13", "a") == 12.5
+    for bad in ("abc", "-3", "nan"):
+        with pytest.raises(DicomError, match="echo time"):
+            parse_echo_time(bad, "IM0001")

@@ -284,7 +284,7 @@ def check_geometry(spacing_mm, size_ijk, direction, name: str) -> List[str]:
     gram = unit.T @ unit
     off = np.abs(gram - np.eye(3)).max()
     if off > SHEAR_TOLERANCE:
-        angle = float(np.degrees(np.arccos(np.clip(1.0 - off, -1.0, 1.0))))
+        angle = float(np.degrees(np.arcsin(np.clip(off, 0.0, 1.0))))   # |cos| between axes -> degrees off 90
         warnings.append("%s has sheared (non-orthogonal) axes: they deviate from right angles by up to %.2f degrees; "
                         "geometry is computed in physical space, but check the export (gantry tilt?)." % (name, angle))
     return warnings
