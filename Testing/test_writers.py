@@ -211,3 +211,11 @@ def test_a_mesh_file_cut_short_is_refused(tmp_path):
         W._verify_mesh_file(cut, "vtp", src.GetOutput().GetNumberOfPoints(), "cut.vtp")
     W._verify_mesh_file(tmp_path / "ok.vtp", "vtp", src.GetOutput().GetNumberOfPoints(), "ok.vtp")
     W._verify_mesh_file(tmp_path / "ok.vtk", "vtk", src.GetOutput().GetNumberOfPoints(), "ok.vtk")
+
+
+def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
+    def no_locks(fd):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(W, "_try_lock", no_locks)   # what some network mounts answer
+    with W.RunFolderLock(tmp_path):
+        pass

@@ -354,6 +354,7 @@ class RunFolderLock:
         self.run_dir = str(run_dir)
         self.path = os.path.join(self.run_dir, LOCK_NAME)
         self._fd: Optional[int] = None
+        self._unlocked = False
         self.identity = process_identity()
 
     def acquire(self) -> "RunFolderLock":
@@ -361,7 +362,16 @@ class RunFolderLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         except OSError as exc:
             raise unwritable(exc, self.path) from exc
-        if not _try_lock(fd):
+        try:
+            locked = _try_lock(fd)
+        except OSError:   # a file system without locks (some network mounts): run unguarded, as before locks
+            import logging
+            logging.getLogger("kneepipeline").warning("%s does not support file locks; a second run into this "
+                                                      "folder would not be refused" % self.run_dir)
+            self._fd = fd
+            self._unlocked = True
+            return self
+        if not locked:
             os.close(fd)
             holder = read_lock_holder(self.run_dir)
             who = ("process %s on %s, started %s" % (holder.get("pid"), holder.get("host"), holder.get("started"))
@@ -381,7 +391,8 @@ class RunFolderLock:
         if self._fd is None:
             return
         try:
-            _unlock(self._fd)
+            if not self._unlocked:
+                _unlock(self._fd)
         finally:
             os.close(self._fd)
             self._fd = None
