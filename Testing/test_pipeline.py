@@ -193,6 +193,7 @@ def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_label
     method = doc["t2_method"]
     assert "qdess" in method["method"].lower()
     assert method["params"]["estimator"]  # which estimator ran (no GE gradient tags here: the fallback)
+    assert method["stats_range_ms"] == [0.0, 80.0]   # the reference's window for regional T2, recorded
     assert doc["t2"]
 
 
