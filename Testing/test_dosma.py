@@ -147,6 +147,13 @@ def test_non_square_keras_model_gets_rows_along_the_first_code(tmp_path):
     with torch.no_grad():
         wrong = net(torch.from_numpy(xt)[:, None]).argmax(1).numpy().astype(np.uint8)
     assert not np.array_equal(ref, wrong)
+    # a file whose input is the transpose of the registry's slice size is refused, never fed transposed
+    from KneePipelineLib.errors import ModelInvalidError
+
+    e_t = ModelEntry("test_cor", "test", "segmentation", "keras_unet", None, plane="coronal",
+                     config={"file": h5.name, "size": [40, 24]}, frame=dosma.PLANE_ORIENTATION["coronal"])
+    with pytest.raises(ModelInvalidError, match="takes 24 x 40 slices"):
+        dosma.run_plane(img, e_t, FIX, RunOptions(device="cpu"))
 
 
 @pytest.mark.parametrize("acq", list(ACQUISITIONS))

@@ -173,12 +173,23 @@ def model_file(entry: Any, model_path: Path) -> Path:
 
 
 def model_input_size(net: Any, entry: Any) -> Tuple[int, int]:
+    """(rows, columns) of the slices the net takes: the file's fixed input shape (else the registry's
+    ``config["size"]``). A file whose input is the registry's size transposed is refused: it would be fed
+    transposed slices."""
+    size = (entry.config or {}).get("size")
     shape = net.input_shapes[0] if getattr(net, "input_shapes", None) else None
     if shape is not None and len(shape) == 4:
         hw = shape[2:4] if net.data_format == "channels_first" else shape[1:3]
         if all(v is not None for v in hw):
+            file_hw, reg_hw = [int(v) for v in hw], [int(v) for v in (size or [])]
+            if reg_hw and reg_hw[0] != reg_hw[1] and file_hw == reg_hw[::-1]:
+                raise ModelInvalidError(
+                    "The model file of %s takes %d x %d slices, but the registry (the reference's layout for "
+                    "the %s plane) expects %d x %d (rows x columns)." % (entry.id, int(hw[0]), int(hw[1]),
+                                                                          entry.plane, int(size[0]), int(size[1])),
+                    hint="This file is another plane's model or not the registry's file "
+                         "(kneepipeline models --check DIR).")
             return int(hw[0]), int(hw[1])
-    size = (entry.config or {}).get("size")
     if not size:
         raise ModelInvalidError("The model %s has no fixed input size." % entry.id,
                                 hint="Add config['size'] = [H, W] to its registry entry.")
