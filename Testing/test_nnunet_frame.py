@@ -160,14 +160,15 @@ def test_nnunet_same_physical_labels_in_six_voxel_orders(knee, tmp_path):
     _check_orders(results, min_structures=6)
 
 
-def test_dosma_same_physical_labels_in_six_voxel_orders(knee, tmp_path):
-    """A non-square (24 x 40) Keras net in the coronal layout: rows LR, columns SI, slices AP."""
+@pytest.mark.parametrize("plane", ["sagittal", "coronal", "axial"])
+def test_dosma_same_physical_labels_in_six_voxel_orders(knee, tmp_path, plane):
+    """A non-square (24 x 40) Keras net in each plane's layout (coronal: rows LR, columns SI, slices AP)."""
     from KneePipelineLib.segmentation.dosma import predict_dosma
 
     images = _written(knee, tmp_path)
-    entry = ModelEntry("test_coronal", "test", "segmentation", "keras_unet", None, plane="coronal",
+    entry = ModelEntry("test_" + plane, "test", "segmentation", "keras_unet", None, plane=plane,
                        config={"file": "unet_nonsquare_channels_first.h5"},
-                       frame=get_model("dosma_coronal").frame, acquisition_plane="sagittal")
+                       frame=get_model("dosma_" + plane).frame, acquisition_plane="sagittal")
     opts = RunOptions(device="cpu", threads=1, postprocess=False)
     results = {name: predict_dosma(img, entry, KERAS, opts).labels for name, img in images.items()}
     _check_orders(results, min_structures=2)
