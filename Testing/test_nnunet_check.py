@@ -107,3 +107,34 @@ def test_segment_refuses_a_foreign_folder_before_predicting(tmp_path):
     img = Volume(np.zeros((8, 8, 8), np.float32), (0.7, 0.7, 1.4), (0, 0, 0), np.eye(3))
     with pytest.raises(ModelInvalidError, match="another voxel frame"):
         segment(img, RunOptions(model="nnunet_fullres", model_dir=str(root), device="cpu"))
+
+
+def test_check_reads_2d_model_files_against_the_registry(tmp_path, capsys):
+    """models --check on DOSMA .h5 files: the input size (rows x columns) and the 10 classes are checked from
+    the file's architecture alone."""
+    import numpy as np
+    from KneePipelineLib.segmentation.keras_h5 import layer_config, model_config, save_keras_h5
+
+    def tiny(path, h, w, classes=10):
+        layers = [layer_config("InputLayer", "input_1", [], batch_input_shape=[None, 1, h, w], dtype="float32"),
+                  layer_config("Conv2D", "head", ["input_1"], filters=classes, kernel_size=[1, 1], strides=[1, 1],
+                               padding="same", data_format="channels_first", dilation_rate=[1, 1], groups=1,
+                               activation="softmax", use_bias=True)]
+        save_keras_h5(path, model_config(layers, ["input_1"], ["head"]),
+                      {"head": {"kernel": np.zeros((1, 1, 1, classes), np.float32),
+                                "bias": np.zeros(classes, np.float32)}})
+
+    good = tmp_path / "good"
+    good.mkdir()
+    tiny(good / "coronal_best_model.h5", 160, 512)
+    rc, events, err = _cli(["models", "--check", str(good), "--model", "dosma_coronal"], capsys)
+    assert rc == 0, err
+    assert events[-1]["check"][0]["details"]["input_size"] == [160, 512]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    tiny(bad / "coronal_best_model.h5", 512, 160)          # transposed: would get transposed slices
+    rc, events, err = _cli(["models", "--check", str(bad), "--model", "dosma_coronal"], capsys)
+    assert rc != 0 and "takes 512 x 160 slices" in events[-1]["message"] and "160 x 512" in events[-1]["message"]
+    tiny(bad / "coronal_best_model.h5", 160, 512, classes=4)
+    rc, events, err = _cli(["models", "--check", str(bad), "--model", "dosma_coronal"], capsys)
+    assert rc != 0 and "predicts 4 classes" in events[-1]["message"]
