@@ -3,8 +3,7 @@
 The crop is made directly on a sub-grid of the held-out case's coarse grid (same spacing, direction and
 held-out variant/seed as :func:`synthetic_mri.heldout_case`; only the field of view is smaller), centred on
 where the sample's cartilage lands after the variant. Its default size, 112x112x64 voxels (82x82x90 mm),
-is one tiny-model tile in the sagittal plane and 3 tiles (step 0.5) or 2 (step 1.0) across: a few seconds of
-network time, yet the fast profile's tiling still differs from the default's.
+holds the femorotibial joint in a few tiny-model tiles: seconds of network time for a whole ``run``.
 """
 from __future__ import annotations
 

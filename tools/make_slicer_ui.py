@@ -91,8 +91,8 @@ settings = collapsible("settingsCollapsibleButton", "Analysis", form("settingsFo
                       "auto: an NVIDIA GPU (cuda), else an Apple Silicon GPU (mps, with the CPU for operations it "
                       "lacks), else the CPU.")),
     ("Speed:", combo("profileComboBox", "profile", ["default", "fast"],
-                     "fast: nnU-Net tile step 1.0, about 3x fewer tiles (Dice within about 0.02 on our tests, "
-                     "docs/SPEED.md); default: the tile step below.")),
+                     "fast: nnU-Net tile step 1.0, 2-3x fewer tiles; less accurate where tile seams cross a "
+                     "structure (docs/SPEED.md). default: the tile step below.")),
     ("Output folder:", path_edit("outputDirectoryPathLineEdit", "outputDirectory", "ctkPathLineEdit::Dirs|ctkPathLineEdit::Writable",
                                  "Where the run writes its results (empty: a new folder under Slicer's temporary folder).")),
     ("", w("QCheckBox", "replaceCheckBox", param("replaceResults"),

@@ -56,8 +56,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action="store_true", help="test-time mirroring (slower, slightly better)")
     g.add_argument("--step-size", type=float, default=d.step_size, metavar="FRACTION", help="sliding-window tile step (0-1]")
     g.add_argument("--profile", choices=PROFILES, default=d.profile,
-                   help="fast: nnU-Net tile step 1.0 (about 3x fewer tiles, Dice within ~0.02 on our tests; "
-                        "docs/SPEED.md); default: step --step-size")
+                   help="fast: nnU-Net tile step 1.0 (2-3x fewer tiles; loses accuracy where tile seams cross "
+                        "a structure, see docs/SPEED.md); default: step --step-size")
     g.add_argument("--batch-size", type=int, metavar="N", help="2D U-Nets: slices per batch (default 4 on CPU, 16 on GPU)")
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep every connected component and bone holes")
