@@ -9,7 +9,9 @@ full run segments a 384x384x160 volume at 0.36x0.36x0.7 mm (~80 tiles at step 0.
 --quick uses 160x160x64 (2 tiles). TTA is off. Each measurement runs in its own process so peak RSS is
 per configuration. "direct" is nnUNetPredictor + initialize_from_trained_model_folder +
 predict_single_npy_array (what a user would write); "ours" is KneePipeline's predict_nnunet with
-post-processing off (post-processing is timed separately). Writes bench/results/nnunet-<date>.json.
+post-processing off (post-processing is timed separately) and fp32 like nnunetv2 on a CPU
+(``KNEEPIPELINE_CPU_BF16=0``); on a CPU with native bf16 "ours-bf16" adds our default there (bf16 autocast).
+Writes bench/results/nnunet-<date>.json.
 
 ``--full`` measures what a user waits for: ``kneepipeline segment`` (a fresh process, as a user runs it) on a
 real-size synthetic knee (the pymskt sample label map, 384x384x160 at 0.36x0.36x0.7 mm with its oblique
@@ -278,11 +280,15 @@ def main() -> int:
         shape = QUICK_SHAPE_IJK if args.quick else FULL_SHAPE_IJK
         runs = []
         for step in args.steps:
-            for mode in ("direct", "ours"):
+            from KneePipelineLib.segmentation.cpu_speed import native_bf16
+
+            modes = ("direct", "ours") + (("ours-bf16",) if args.device == "cpu" and native_bf16() else ())
+            for mode in modes:
                 cmd = [sys.executable, __file__, "--child", "--mode", mode, "--step", str(step), "--model-root",
                        str(root), "--device", args.device] + (["--quick"] if args.quick else []) + \
                       (["--threads", str(args.threads)] if args.threads else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+                env = dict(os.environ, KNEEPIPELINE_CPU_BF16="1" if mode == "ours-bf16" else "0")
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
                 if proc.returncode or not line:
                     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -291,7 +297,7 @@ def main() -> int:
                 runs.append(r)
                 print("step %.2f %-6s %8.2f s  peak RSS %7.0f MB%s" % (
                     step, mode, r["seconds"], r["peak_rss_mb"],
-                    ("  tiles %s, post-processing %.2f s" % (r["tiles"], r["postprocess_s"])) if mode == "ours" else ""))
+                    ("  tiles %s, post-processing %.2f s" % (r["tiles"], r["postprocess_s"])) if mode != "direct" else ""))
         figures = {"volume_ijk": list(shape), "spacing_mm": list(SPACING_MM), "device": args.device,
                    "threads": args.threads or torch.get_num_threads(), "tta": False, "parameters": n_params,
                    "runs": runs}
@@ -302,6 +308,10 @@ def main() -> int:
             figures["identical_labels_step_%s" % step] = d["labels_sha"] == o["labels_sha"]
             print("step %.2f: our overhead %+.1f %% (labels identical: %s)" % (
                 step, figures["overhead_pct_step_%s" % step], figures["identical_labels_step_%s" % step]))
+            b = next((r for r in runs if r["mode"] == "ours-bf16" and r["step"] == step), None)
+            if b is not None:
+                figures["bf16_speedup_step_%s" % step] = round(o["seconds"] / b["seconds"], 2)
+                print("step %.2f: bf16 autocast x%.2f vs fp32" % (step, figures["bf16_speedup_step_%s" % step]))
         write_result("nnunet" + ("-quick" if args.quick else ""), figures)
     return 0
 
