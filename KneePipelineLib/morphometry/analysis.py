@@ -16,9 +16,8 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    up to 3 %; centred, up to 1.1 %);
 4. thickness and region per vertex of the (output) bone mesh in one ray pass - the values in the
    files are the values measured, and the table is their statistics. The thickness depends on the
-   cartilage only (the smoothed cartilage field's integral over the first layer the ray meets, counted
-   where that layer reaches the 0.5 level: :func:`.raycast.field_layers`), not on where on the ray the
-   bone vertex lies,
+   cartilage surface only (first entry to the next exit of the smoothed field's 0.5 level), not on where
+   on the ray the bone vertex lies,
    so the coarser bone grid changes it little (area-weighted regional means < 1 % on the sample knee;
    per-vertex means up to 2.4 %, as the native grid's vertex density follows the anisotropic voxels).
    The
