@@ -13,14 +13,19 @@ the figures go into ONE JSON under bench/results/ with the date and the machine)
   must finish on the CPU and say so, (b) with ``--no-cpu-fallback``: the run must fail with the
   ``gpu_out_of_memory`` error, its message and hint (recorded).
 * ``nsm`` — the full-size NSM (published architecture, 20.8 M parameters, random weights) fitted to a real
-  femur for 200 steps in fp32 and in bf16 (early stopping off): s/step, total, peak GPU memory.
+  femur for 200 steps in fp32 and in bf16 (early stopping off): seconds for the fit and its meshes (resolution
+  256), ASSD, peak GPU memory.
 * ``jobs`` — 12 consecutive ``run --image`` jobs in one process (the tiny trained knee nnU-Net on the held-out
   synthetic knee, so it measures the pipeline, not the network): per-job seconds and the CUDA memory still
   allocated after each job; flat = growth from job 2 to job 12 below 1 MB.
 
-``--tiny`` replaces the published sizes with small stand-ins (tiny nnU-Net, small NSM, 1 job) so the whole
-script can be exercised on a CPU in seconds (Testing/test_gpu_check.py does that); the CUDA-only parts report
-``skipped`` with the reason when there is no CUDA device. Nothing here is mocked.
+Limits: 150 + 90 + 100 + 140 s, and no part gets more than what is left of 480 s. The full-size ResEnc-M is
+built once and shared by the nnunet and oom parts.
+
+``--tiny`` replaces the published sizes with small stand-ins (tiny nnU-Net, small NSM for 10 steps, 1 job on
+a crop of the held-out knee, two parts at a time) so the whole script can be exercised on a CPU in seconds
+(Testing/test_gpu_check.py does that); the CUDA-only part (oom) reports ``skipped`` with the reason when the
+device is not CUDA. Nothing here is mocked.
 """
 from __future__ import annotations
 
