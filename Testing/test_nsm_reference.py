@@ -107,7 +107,10 @@ def test_short_femur_loses_its_top_five_percent():
 def test_alignment_is_the_published_icp(model, femur5):
     bone, tri, _, _ = prepare_bone(femur5, "right")
     t = model.align(bone, tri, None, model.recon_settings)
-    assert np.abs(t - np.asarray(REF["icp"])).max() < 1e-3 * np.abs(REF["icp"]).max()
+    ref = np.asarray(REF["icp"])
+    scale_mm = np.cbrt(np.linalg.det(ref[:3, :3]))                           # model units per mm
+    moved_mm = np.linalg.norm(apply(t, bone) - apply(ref, bone), axis=1).max() / scale_mm
+    assert moved_mm < 0.1          # measured 0.027 mm (the mean surface is contoured by another marching cubes)
 
 
 @pytest.mark.skipif(REF is None, reason="reference_fit.json not written (bench/bench_nsm_reference.py)")

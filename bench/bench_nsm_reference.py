@@ -192,6 +192,7 @@ def main() -> int:
                                              "worker here (the worker can run as its own process: --worker)")
     ap.add_argument("--no-seed1", action="store_true", help="skip the seed-1 fit")
     ap.add_argument("--ours-only", action="store_true", help="run and cache our fits (--cache-dir), then stop")
+    ap.add_argument("--no-wait", action="store_true", help="compare the femurs the --published-json files hold now")
     ap.add_argument("--cache-dir", help="keep our default fits here (npz) and reuse them on a later run")
     args = ap.parse_args()
     if args.worker:
@@ -272,10 +273,14 @@ def main() -> int:
                         pub.update(json.loads(Path(f).read_text()))
                     except ValueError:
                         pass
-            if need <= set(pub) or time.time() - t0 > 4 * 3600:
+            if need <= set(pub) or args.no_wait or time.time() - t0 > 4 * 3600:
                 break
             time.sleep(20)
     figures["wall_s"] = time.time() - t0
+    missing = [k for k in femurs if str(k) not in pub]
+    if missing:
+        figures["femurs_without_a_published_fit"] = missing
+        femurs = [k for k in femurs if str(k) in pub]
     P = np.array([pub[str(k)]["latent"] for k in femurs])
     d1 = np.linalg.svd(P - P.mean(0), full_matrices=False)[2][0]
     sd = float(np.std(P @ d1, ddof=1)) if len(femurs) > 1 else float("nan")
