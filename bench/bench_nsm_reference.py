@@ -7,10 +7,11 @@ with ``--worker``, which for every femur does what gattia/OpenMSK ``steps/run_ns
 clipped by OpenMSK ``utils.clip_femur_top``, the model loaded into NSM's ``TriplanarDecoder`` with the
 parameter mapping of ``_load_nsm_model``, ``torch.manual_seed(42); np.random.seed(42)`` after loading, and
 ``NSM.reconstruct.reconstruct_mesh`` with exactly the arguments ``fit_nsm`` passes (the model config's
-``*_recon`` keys; our fixture's config has them), on the CPU. Two changes, both outside the latent fit:
-``n_pts_per_axis`` (the final mesh grid) is --mesh-res (128) instead of 256 to save CPU, and the
+``*_recon`` keys; our fixture's config has them), on the CPU. Changes, none of them to the latent's
+arithmetic: ``n_pts_per_axis`` (the final mesh grid) is --mesh-res (128) instead of 256 to save CPU; the
+decoder's weights are frozen (the published loop accumulates weight gradients it never uses); the
 published ``assd_0`` (vertex-to-vertex) is kept as reported while the table's ASSD uses our exact
-vertex-to-surface distance for both meshes, against the same clipped input.
+vertex-to-surface distance, with the published latent meshed by our mesher, against the same clipped input.
 
 Our side: ``load_nsm(...).fit(femur)`` with its defaults (the config's settings, mesh at --mesh-res).
 
