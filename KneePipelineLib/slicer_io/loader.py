@@ -213,7 +213,8 @@ def load_run(scene: Any, run_dir: str, name: Optional[str] = None, replace: bool
 
     rows, col = regional_thickness(loaded.results)
     if rows:
-        loaded.tables["regions"] = place(table_from_rows(scene, prefix + " regional thickness", rows))
+        loaded.tables["regions"] = place(table_from_rows(scene, prefix + " regional thickness", rows,
+                                                         units=loaded.results.get("chondrometrics_units")))
         if col is not None:
             chart, series = thickness_chart(scene, loaded.tables["regions"], col, prefix)
             loaded.chart = place(chart)
