@@ -13,7 +13,7 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    the femur and left vertex areas varying 3× more), and the cartilage stays at full resolution; the
    grid is anchored at the volume's centre voxel, so a mirrored (left) copy of a label map is meshed on
    the mirrored grid (anchored at voxel 0, per-subregion numbers of the mirrored sample knee differed by
-   up to 3 %; centred, up to 1.1 %);
+   up to 3 %; centred, up to 1.2 %);
 4. thickness and region per vertex of the (output) bone mesh in one ray pass - the values in the
    files are the values measured, and the table is their statistics. The thickness depends on the
    cartilage surface only (first entry to the next exit of the smoothed field's 0.5 level), not on where
