@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import classify
 from ..manifest import atomic_write_text
+from ..steps.results import jsonable
 from .cohort import KneeJob, knee_dir
 
 LONGITUDINAL_DIR = "longitudinal"
@@ -122,14 +123,6 @@ def _csv_text(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _report(out_dir: Path, summary: Dict[str, Any]) -> Optional[str]:
     import matplotlib
 
@@ -206,7 +199,7 @@ def write_cohort_longitudinal(jobs: Sequence[KneeJob], out_dir: Path, report: bo
     sp = out_dir / COHORT_LONGITUDINAL_SUMMARY
     doc = {"schema": "kneepipeline-cohort-longitudinal/1", "knees_compared": sum(r["status"] == "complete" for r in rows),
            "not_compared": [r for r in rows if r["status"] != "complete"], "by_visit": summary}
-    atomic_write_text(str(sp), json.dumps(_clean(doc), indent=2, allow_nan=False))
+    atomic_write_text(str(sp), json.dumps(jsonable(doc), indent=2, allow_nan=False))
     paths["cohort_longitudinal_summary"] = str(sp)
     if report and rows:
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 
 from .. import labels as L
 from ..errors import InputUnreadableError, InvalidInputError, OutputUnwritableError
+from ..steps.results import jsonable  # strict JSON: NaN -> null, numpy -> Python
 from .change import RegionChange, map_thickness, region_change, region_selections
 from .register import Registration, register_surfaces
 
@@ -148,20 +148,6 @@ def compare_visit(baseline: RunMeshes, followup: RunMeshes, max_distance_mm: flo
     return VisitComparison(followup.visit, followup.run_dir, regs, changes, per_point)
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return None if not math.isfinite(obj) else obj
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def to_document(baseline: RunMeshes, visits: List[VisitComparison], warnings: List[str]) -> Dict[str, Any]:
     from dataclasses import asdict
 
@@ -177,7 +163,7 @@ def to_document(baseline: RunMeshes, visits: List[VisitComparison], warnings: Li
                        "regions": [asdict(c) for c in v.regions]} for v in visits],
         "warnings": list(warnings),
     }
-    return _clean(doc)
+    return jsonable(doc)
 
 
 def flatten_rows(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
