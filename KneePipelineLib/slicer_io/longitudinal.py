@@ -5,7 +5,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from .common import LoadError, ensure_logics, slicer_module, subject_hierarchy
-from .models import load_model
+from .models import load_model, show_scalars
 from .tables import read_csv_rows, table_from_rows
 
 CHANGE_COLOR_NODE_NAME = "KneePipeline cartilage change"
@@ -48,7 +48,6 @@ def load_longitudinal(scene: Any, out_dir: str) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         doc = json.load(fh)
     ensure_logics(scene)
-    slicer = slicer_module()
     limit = change_limit_mm(doc)
     color = change_color_node(scene)
     nodes: List[Any] = []
@@ -57,21 +56,7 @@ def load_longitudinal(scene: Any, out_dir: str) -> Dict[str, Any]:
         if not os.path.isfile(mesh):
             continue
         node = load_model(scene, mesh, "%s change" % bone, coordinate_system="LPS")
-        disp = node.GetDisplayNode()
-        import vtk
-
-        disp.SetActiveScalar("change_mm", vtk.vtkAssignAttribute.POINT_DATA)
-        disp.SetAndObserveColorNodeID(color.GetID())
-        disp.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
-        disp.SetScalarRange(-limit, limit)
-        disp.SetScalarVisibility(True)
-        try:
-            legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
-            if legend is not None:
-                legend.SetTitleText("Cartilage change (mm)")
-                legend.SetLabelFormat("%.2f")
-        except (AttributeError, TypeError):  # pragma: no cover - older Slicer / slicer-core without Colors
-            pass
+        show_scalars(node, "change_mm", color.GetID(), (-limit, limit), "Cartilage change (mm)", "%.2f")
         node.SetAttribute(LONGITUDINAL_ATTRIBUTE, os.path.abspath(out_dir))
         nodes.append(node)
     table: Optional[Any] = None

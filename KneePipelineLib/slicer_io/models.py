@@ -26,20 +26,29 @@ def load_model(scene: Any, path: str, name: str, coordinate_system: Optional[str
     poly = node.GetPolyData()
     pd = poly.GetPointData() if poly is not None else None
     if pd is not None and "thickness_mm" in [pd.GetArrayName(i) for i in range(pd.GetNumberOfArrays())]:
-        import vtk
-
-        disp.SetActiveScalar("thickness_mm", vtk.vtkAssignAttribute.POINT_DATA)
-        disp.SetAndObserveColorNodeID(builtin_color(scene, THICKNESS_COLOR_NODE))
-        disp.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
-        disp.SetScalarRange(float(thickness_range_mm[0]), float(thickness_range_mm[1]))
-        disp.SetScalarVisibility(True)
-        try:
-            legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
-            if legend is not None:
-                legend.SetTitleText("Cartilage thickness (mm)")
-                legend.SetLabelFormat("%.1f")
-        except (AttributeError, TypeError):  # pragma: no cover - older Slicer
-            pass
+        show_scalars(node, "thickness_mm", builtin_color(scene, THICKNESS_COLOR_NODE), thickness_range_mm,
+                     "Cartilage thickness (mm)", "%.1f")
     return node
 
 
+
+
+def show_scalars(node: Any, array: str, color_node_id: str, value_range: Tuple[float, float], title: str,
+                 label_format: str) -> None:
+    """Colour ``node`` by its point array ``array`` over a fixed range, with a colour legend."""
+    import vtk
+
+    slicer = slicer_module()
+    disp = node.GetDisplayNode()
+    disp.SetActiveScalar(array, vtk.vtkAssignAttribute.POINT_DATA)
+    disp.SetAndObserveColorNodeID(color_node_id)
+    disp.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
+    disp.SetScalarRange(float(value_range[0]), float(value_range[1]))
+    disp.SetScalarVisibility(True)
+    try:
+        legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
+        if legend is not None:
+            legend.SetTitleText(title)
+            legend.SetLabelFormat(label_format)
+    except (AttributeError, TypeError):  # pragma: no cover - older Slicer / slicer-core without Colors
+        pass
