@@ -10,10 +10,10 @@ DESCRIPTION = (HELP + ". Writes nsm.json (strict JSON: latent, bscore, transform
                "nsm_<object>.vtp meshes in patient mm (LPS).")
 USAGE = "(--labels LABELS | --femur FEMUR.vtk [--cartilage CART.vtk]) --nsm-dir DIR --out DIR [options]"
 EXAMPLES = [
-    "kneepipeline nsm --labels knee_labels.nii.gz --nsm-dir models/nsm_bone_cartilage --bscore-dir "
-    "models/bscore_bone_cartilage --out nsm/knee01",
-    "kneepipeline nsm --femur femur.vtk --laterality right --nsm-dir models/nsm_bone_only --mesh-resolution 0 "
-    "--out nsm/knee01",
+    "kneepipeline nsm --labels knee_labels.nii.gz --nsm-dir models/nsm_bone_cartilage --out nsm/knee01",
+    "kneepipeline nsm --femur femur.vtk --laterality right --nsm-dir models/nsm_bone_only --bscore-dir "
+    "models/bscore_bone_only --mesh-resolution 0 --out nsm/knee01",
+    "kneepipeline nsm --femur femur.vtk --laterality right --nsm-dir models/nsm_bone_only --no-bscore --out nsm/knee01",
 ]
 
 
@@ -27,7 +27,11 @@ def add_arguments(p) -> None:
     g.add_argument("--label-convention", default="dosma", help="dosma | nnunet | pymskt | FILE.json (default dosma)")
     g = group(p, NSM)
     g.add_argument("--nsm-dir", required=True, metavar="DIR", help="NSM folder (model_params_config.json, model/)")
-    g.add_argument("--bscore-dir", metavar="DIR", help="B-score model folder (model.json)")
+    g.add_argument("--bscore-dir", metavar="DIR",
+                   help="B-score model folder (model.json); default: the registry's B-score model of this NSM "
+                        "(bone+cartilage or bone only), from the model cache or downloaded once, sha256-checked")
+    g.add_argument("--no-bscore", action="store_true", help="fit only: no B-score (nothing to download)")
+    g.add_argument("--offline", action="store_true", help="never download the B-score model (the cache only)")
     group(p, INPUT).add_argument("--laterality", choices=["right", "left", "auto"], default="auto",
                    help="knee side; auto needs --labels (default %(default)s)")
     group(p, OUTPUT).add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -82,10 +86,12 @@ def main(args, progress) -> int:
     import numpy as np
 
     from .. import __version__
-    from ..errors import ConfigurationError, OutputUnwritableError
+    from ..errors import ConfigurationError, ModelMissingError, OutputUnwritableError
     from ..morphometry.mesh import read_mesh, set_point_array, write_mesh
     from ..shape import load_nsm
-    from ..shape.bscore import bscore, check_compatible, load_bscore_model
+    from ..shape.bscore import bscore
+
+    from ..steps.nsm import load_bscore_for, nsm_id_for
 
     progress.set_steps([("load", 1), ("fit", 20), ("write", 1)])
     progress.hello(NAME, __version__)
@@ -93,10 +99,8 @@ def main(args, progress) -> int:
         import torch
         torch.set_num_threads(int(args.threads))
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputUnwritableError("Cannot create %s: %s" % (out, exc))
+    if out.exists() and not out.is_dir():
+        raise OutputUnwritableError("%s exists and is not a folder." % out)
     progress.step("load", 0.0, "reading inputs")
     side = None
     cart = None
@@ -116,11 +120,18 @@ def main(args, progress) -> int:
         laterality = side
     model = load_nsm(args.nsm_dir, device=args.device)
     bmodel = None
-    if args.bscore_dir:
-        bmodel = load_bscore_model(args.bscore_dir)
-        check_compatible(bmodel, model.latent_size)
-        for w in bmodel.warnings:
-            progress.warning(w)
+    if not args.no_bscore:   # the pipeline's own resolution (steps.nsm), before anything is written
+        try:
+            bmodel = load_bscore_for(nsm_id_for(model), model, args.bscore_dir, args.offline,
+                                     progress=lambda f, m="": progress.step("load", 0.5 * float(f), m),
+                                     warn=progress.warning)
+        except ModelMissingError as exc:
+            raise ModelMissingError(exc.message, hint=exc.hint + " Or pass --bscore-dir DIR (a folder holding "
+                                    "model.json), or --no-bscore to fit without a B-score.") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputUnwritableError("Cannot create %s: %s" % (out, exc))
     progress.step("load", 1.0, "model loaded")
     fit = model.fit(femur, cart if model.arch.n_objects >= 2 else None, laterality=laterality, seed=args.seed,
                     iterations=args.iterations, samples=args.samples, patience=args.patience, n_seeds=args.n_seeds,
@@ -132,7 +143,13 @@ def main(args, progress) -> int:
     result["object_names"] = list(model.object_names)
     result["bscore"] = bscore(fit.latent, bmodel) if bmodel else None
     if bmodel:
-        result["bscore_model"] = {"path": str(bmodel.path), "sha256": bmodel.sha256, "registry_id": bmodel.registry_id}
+        from ..hub import provenance
+        from ..registry import get_model
+
+        prov = provenance(get_model(get_model(nsm_id_for(model)).config["bscore"]), bmodel.path.parent,
+                          files=[bmodel.path])
+        result["bscore_model"] = {"path": str(bmodel.path), "sha256": bmodel.sha256, "registry_id": bmodel.registry_id,
+                                  "source": prov["source"], "revision": prov["revision"], "verified": prov["verified"]}
     names = model.object_names
     if len(names) >= 2 and fit.meshes:
         th = reconstructed_thickness(fit.meshes[names[0]], fit.meshes[names[1]])

@@ -47,20 +47,59 @@ def resolve_nsm_dir(model_id: str, options: RunOptions, progress=None) -> Path:
     return found
 
 
-def resolve_bscore_dir(model_id: str, options: RunOptions, progress=None) -> Optional[Path]:
-    """The B-score folder of an NSM: ``--bscore-dir`` (folder with model.json or a parent of the published
-    folder names; None when not there), else the sample-data locations, the model cache or a download on
-    first use (ModelMissingError when offline / unreachable, ModelInvalidError on a sha256 mismatch)."""
+def bscore_folder(model_id: str, bscore_dir: Optional[str] = None, offline: bool = False, single: bool = True,
+                  progress=None) -> Optional[Path]:
+    """The B-score folder of the NSM ``model_id``: ``bscore_dir`` (a folder with model.json when ``single``, or
+    a parent of the published folder names; None when not there), else the sample-data locations, the model
+    cache or a download on first use (ModelMissingError when offline / unreachable, ModelInvalidError on a
+    sha256 mismatch). The one resolution used by the pipeline's nsm step and ``kneepipeline nsm``."""
     from ..registry import get_model
     from ..shape.bscore import ensure_bscore_folder, find_bscore_folder
 
     bscore_id = get_model(model_id).config["bscore"]
-    if options.bscore_dir:
-        d = Path(options.bscore_dir)
-        if (d / "model.json").is_file() and len(NSM_MODELS[options.nsm]) == 1:
+    if bscore_dir:
+        d = Path(bscore_dir)
+        if (d / "model.json").is_file() and single:
             return d
         return find_bscore_folder(bscore_id, [d])
-    return ensure_bscore_folder(bscore_id, offline=options.offline, progress=progress)
+    return ensure_bscore_folder(bscore_id, offline=offline, progress=progress)
+
+
+def resolve_bscore_dir(model_id: str, options: RunOptions, progress=None) -> Optional[Path]:
+    """:func:`bscore_folder` with a run's options (``--bscore-dir``, ``--offline``, ``--nsm``)."""
+    return bscore_folder(model_id, options.bscore_dir, options.offline, len(NSM_MODELS[options.nsm]) == 1, progress)
+
+
+def nsm_id_for(model) -> str:
+    """The registry id of the NSM a loaded model is (by its objects): bone+cartilage or bone only."""
+    return "nsm_bone_cartilage" if model.arch.n_objects >= 2 else "nsm_bone_only"
+
+
+def load_bscore_for(model_id: str, model, bscore_dir: Optional[str] = None, offline: bool = False,
+                    single: bool = True, progress=None, warn=None):
+    """The B-score model that scores ``model``'s latents, or None with a warning (a B-score model found by
+    default that belongs to another NSM). ``bscore_dir`` given: its model must fit (NsmError otherwise).
+    Raises ModelMissingError when none can be had: the pipeline warns and fits anyway, ``kneepipeline nsm``
+    stops before fitting."""
+    from ..errors import ModelMissingError
+    from ..shape.bscore import check_compatible, load_bscore_model
+
+    warn = warn or (lambda m: None)
+    bs_dir = bscore_folder(model_id, bscore_dir, offline, single, progress)
+    if bs_dir is None:
+        raise ModelMissingError("No B-score model for %s in %s." % (model_id, bscore_dir),
+                                hint="Pass --bscore-dir with the folder holding model.json (or the published "
+                                     "BSCORE_MODELS/<name>/ folders).")
+    bs_model = load_bscore_model(bs_dir)
+    if bscore_dir or bs_model.latent_size == model.latent_size:
+        check_compatible(bs_model, model.latent_size)   # an explicit mismatch is an error
+        for w in bs_model.warnings:
+            warn(w)
+        return bs_model
+    # a found-by-default B-score model that belongs to another NSM: skip, say so
+    warn("The B-score model found at %s scores %d-value latents but this NSM has %d: B-score not computed "
+         "(pass --bscore-dir)." % (bs_dir, bs_model.latent_size, model.latent_size))
+    return None
 
 
 def _nsm_files(model_dir: Path):
@@ -90,7 +129,7 @@ def step_nsm(ctx: RunContext) -> None:
     from ..registry import get_model
     from ..shape import load_nsm
     from ..shape.model import resolve_device
-    from ..shape.bscore import bscore, check_compatible, load_bscore_model
+    from ..shape.bscore import bscore
 
     o = ctx.options
     morph = ctx.data["morphometry"]
@@ -114,23 +153,12 @@ def step_nsm(ctx: RunContext) -> None:
         _check_nsm_objects(model_id, model, model_dir)
         bscore_id = get_model(model_id).config["bscore"]
         try:
-            bs_dir = resolve_bscore_dir(model_id, o, progress=lambda f, m="", sub=sub: sub(0.0, m))
-            why = "pass --bscore-dir"
+            bs_model = load_bscore_for(model_id, model, o.bscore_dir, o.offline, len(ids) == 1,
+                                       progress=lambda f, m="", sub=sub: sub(0.0, m), warn=ctx.warn)
         except ModelMissingError as exc:  # offline or unreachable: the fit is still worth having
-            bs_dir, why = None, "%s %s" % (exc.message, exc.hint)
-        bs_model = None
-        if bs_dir is None:
-            ctx.warn("No B-score model found for %s: B-score not computed (%s)." % (model_id, why))
-        else:
-            bs_model = load_bscore_model(bs_dir)
-            if o.bscore_dir or bs_model.latent_size == model.latent_size:
-                check_compatible(bs_model, model.latent_size)   # an explicit mismatch is an error
-                for w in bs_model.warnings:
-                    ctx.warn(w)
-            else:   # a found-by-default B-score model that belongs to another NSM: skip, say so
-                ctx.warn("The B-score model found at %s scores %d-value latents but this NSM has %d: B-score not "
-                         "computed (pass --bscore-dir)." % (bs_dir, bs_model.latent_size, model.latent_size))
-                bs_model = None
+            bs_model = None
+            ctx.warn("No B-score model found for %s: B-score not computed (%s %s)." % (model_id, exc.message, exc.hint))
+
         def fit_on(m):
             return m.fit(femur, cart if m.arch.n_objects >= 2 else None, laterality=morph.laterality.side,
                          seed=o.seed, iterations=o.nsm_iterations, samples=o.nsm_samples, patience=o.nsm_patience,
