@@ -177,14 +177,16 @@ def _resolve_token(token: Optional[str]) -> Optional[str]:
 
 
 def _fetch_root(entry: ModelEntry, cache: pathlib.Path, off: bool, token: Optional[str], folds, checkpoint,
-                progress: ProgressFn) -> pathlib.Path:
+                progress: ProgressFn, patterns: Optional[List[str]] = None) -> pathlib.Path:
+    """The model root in the cache, fetching ``patterns`` (default: every file the model needs)."""
     src = entry.source
     try:
         if src.kind == "git_files":
             from .gitfiles import ensure_git_files
 
             return ensure_git_files(entry, cache, off, progress)
-        snap = _snapshot(entry, cache, off, token, allow_patterns(entry, folds, checkpoint), progress)
+        pats = patterns if patterns is not None else allow_patterns(entry, folds, checkpoint)
+        snap = _snapshot(entry, cache, off, token, pats, progress)
     except ModelMissingError as exc:
         other = [r for r in cached_revisions(entry, cache, folds, checkpoint) if r != src.revision]
         if off and src.pinned and other:
@@ -197,6 +199,34 @@ def _fetch_root(entry: ModelEntry, cache: pathlib.Path, off: bool, token: Option
         raise exc
     sub = src.subfolder.strip("/")
     return snap / sub if sub else snap
+
+
+def declared_choice(entry: ModelEntry, cache: pathlib.Path, off: bool, token: Optional[str],
+                    folds: Optional[Sequence], checkpoint: str, progress: ProgressFn = None) -> Tuple[Optional[List[str]], str]:
+    """(folds, checkpoint) to fetch for an nnU-Net hub entry: its ``model_config.json`` (of the configuration
+    that makes the final prediction) is fetched first -- a small file -- and read by the run's own rule
+    (``segmentation.settings.nnunet_settings``: ``--folds`` else the config's fold else the registry's; the
+    config's checkpoint unless another than ``best`` is asked for), so the download brings exactly the fold and
+    checkpoint the run will use. Other entries, and a request that names both folds and a checkpoint, are
+    returned unchanged. A config that cannot be read leaves the registry's choice (the run's checks report
+    the file)."""
+    src = entry.source
+    confs = list((entry.config or {}).get("configurations", []))
+    if entry.backend not in NNUNET_BACKENDS or src is None or src.kind == "git_files" or not confs \
+            or (folds and checkpoint != "best"):
+        return folds, checkpoint
+    from .segmentation.settings import MODEL_CONFIG, nnunet_settings
+
+    sub = src.subfolder.strip("/")
+    pattern = (sub + "/" if sub else "") + nnunet_config_folder(entry, confs[-1]) + "/" + MODEL_CONFIG
+    _report(progress, 0.0, "reading %s of %s" % (MODEL_CONFIG, entry.id))
+    root = _fetch_root(entry, cache, off, token, folds, checkpoint, None, patterns=[pattern])
+    try:
+        s = nnunet_settings(entry, root, folds, checkpoint)
+    except ModelInvalidError as exc:
+        log.warning("Model %s: %s; fetching the registry's fold and checkpoint.", entry.id, exc.message)
+        return folds, checkpoint
+    return list(s.folds), s.checkpoint
 
 
 def ensure_model(entry: ModelEntry, model_dir: Optional[str] = None, offline: bool = False,
@@ -216,6 +246,7 @@ def ensure_model(entry: ModelEntry, model_dir: Optional[str] = None, offline: bo
     cache = cache_path(cache_dir)
     off = offline_requested(offline)
     _report(progress, 0.0, "looking up model %s%s" % (entry.id, " (offline)" if off else ""))
+    folds, checkpoint = declared_choice(entry, cache, off, _resolve_token(token), folds, checkpoint)
     root = _fetch_root(entry, cache, off, _resolve_token(token), folds, checkpoint, progress)
     needed = required_files(entry, folds, checkpoint)
     miss = missing_files(root, needed)
