@@ -263,3 +263,53 @@ def measures(thickness_mm: np.ndarray, area_mm2: np.ndarray, status: np.ndarray,
             for p, v in zip(THICKNESS_PERCENTILES, weighted_percentiles(t, w, THICKNESS_PERCENTILES)):
                 out["ThCAC.P%02d" % p] = float(v)
     return out
+
+
+# -- femorotibial compartments --------------------------------------------------------------------
+# The medial / lateral femorotibial compartment (MFTC = MT + cMF, LFTC = LT + cLF) as OAI / Chondrometrics
+# papers report it (e.g. Eckstein, Wirth et al., Arthritis Res Ther 2009;11:R90, doi:10.1186/ar2732; Wirth
+# & Eckstein 2008): areas and volume are the sums over the two plates, and the compartment's mean
+# thickness is the SUM of the tibial and the femoral plate's mean thickness - the cartilage between the
+# two bones, not an area-weighted mean. This is our reading of those papers (their full texts were not in
+# the corpus we could search; docs/MEASURES.md); measures without such a convention (SD, Max, percentiles,
+# VCtAB) are not given for compartments.
+COMPARTMENTS: Tuple[Tuple[str, str, Tuple[str, str]], ...] = (
+    ("MFTC", "Medial femorotibial compartment (MT + cMF)", ("MT", "cMF")),
+    ("LFTC", "Lateral femorotibial compartment (LT + cLF)", ("LT", "cLF")),
+)
+COMPARTMENT_SUMMED_AREAS = ("tAB", "cAB", "dAB", "mAB", "AC", "VC")
+COMPARTMENT_SUMMED_THICKNESS = ("ThCtAB.aMe", "ThCcAB.aMe", "ThCAC.aMe")
+
+
+def compartment_measures(plates: Sequence[Dict[str, Optional[float]]]) -> Dict[str, Optional[float]]:
+    """The measures of a compartment from its plates' measures: areas, volume and mean thicknesses summed
+    (None where a plate lacks the value); dAB% and mAB% recomputed from the summed areas."""
+    out: Dict[str, Optional[float]] = {}
+    for k in COMPARTMENT_SUMMED_AREAS + COMPARTMENT_SUMMED_THICKNESS:
+        vals = [p.get(k) for p in plates]
+        out[k] = float(sum(vals)) if vals and all(v is not None for v in vals) else None
+    tab, cab, dab, mab = (out[k] for k in ("tAB", "cAB", "dAB", "mAB"))
+    out["dAB%"] = 100.0 * dab / (cab + dab) if cab is not None and dab is not None and cab + dab > 0 else None
+    out["mAB%"] = 100.0 * mab / tab if mab is not None and tab else None
+    return out
+
+
+def compartment_rows(rows: Sequence[Dict]) -> List[Dict]:
+    """Rows (kind ``"compartment"``, named MFTC / LFTC) for results.json from its region rows (dicts with a
+    ``chondrometrics`` code and the measures under their names; a region row is preferred to the plate row
+    of the same code). A compartment whose plates are not both present is left out."""
+    by_code: Dict[str, Dict] = {}
+    for r in rows:
+        code = r.get("chondrometrics")
+        if code and r.get("kind", "region") in ("region", "plate"):
+            if code not in by_code or r.get("kind", "region") == "region":
+                by_code[code] = r
+    out = []
+    for name, display, parts in COMPARTMENTS:
+        if not all(p in by_code for p in parts):
+            continue
+        row: Dict = {"name": name, "kind": "compartment", "chondrometrics": name, "display": display, "color": "",
+                     "parts": list(parts)}
+        row.update(compartment_measures([by_code[p] for p in parts]))
+        out.append(row)
+    return out

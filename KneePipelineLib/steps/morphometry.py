@@ -59,4 +59,8 @@ def step_morphometry(ctx: RunContext) -> None:
                    description=name.replace("_", " ") + " surface")
     ctx.results["laterality"] = {"side": res.laterality.side, "evidence": res.laterality.evidence,
                                  "confidence": round(res.laterality.confidence, 3)}
-    ctx.results["regions"] = [region_row(r) for r in res.regions]
+    from ..morphometry.chondrometrics import compartment_rows
+
+    rows = [region_row(r) for r in res.regions]
+    # + the femorotibial compartments MFTC / LFTC (summed plates; chondrometrics.compartment_rows)
+    ctx.results["regions"] = rows + compartment_rows(rows)
