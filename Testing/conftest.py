@@ -117,3 +117,31 @@ def left_knee_morphometry(real_knee_labels):
     from KneePipelineLib.morphometry import analyze_labels
 
     return analyze_labels(mirror_volume(real_knee_labels))
+
+
+@pytest.fixture(scope="session")
+def coarse_knee_path(tmp_path_factory, sample_labels_path):
+    """The real knee on a 3 x 3 x 2 coarser grid (``bad_inputs.coarse_knee``: 128 x 128 x 80, canonical labels,
+    NRRD; a run in ~2 CPU-s), written once per session and shared: tests use it as an input only."""
+    from bad_inputs import coarse_knee
+
+    return coarse_knee(sample_labels_path, tmp_path_factory.mktemp("coarse_knee") / "knee.nrrd")
+
+
+@pytest.fixture(scope="session")
+def sample_analyze_run(tmp_path_factory, sample_labels_path):
+    """One real ``kneepipeline analyze`` (the CLI in a subprocess, report on) of the sample label map per
+    session, shared by test_pipeline and test_slicer_io (one full-size analysis instead of two): its folder,
+    its JSON-lines progress events and the input's sha256 taken before the run. Tests only read the folder."""
+    import hashlib
+    import json
+    import subprocess
+
+    digest = hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
+    out = tmp_path_factory.mktemp("sample_analyze") / "run"
+    proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "analyze", "--labels", str(sample_labels_path),
+                           "--label-convention", "pymskt", "--out", str(out)],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "analyze failed on the sample label map:\n%s" % proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {"dir": out, "events": events, "input_sha256": digest}
