@@ -45,7 +45,13 @@ def measure_like_the_pipeline(vol, bone, cart, target_points=3000, thickness_rul
     bf, bo = smoothed_crop(bone, vol.spacing_mm, s.bone_smooth_var_mm2)
     poly = mesh_from_field_target_points(bf, bo, vol, target_points)
     pts, tris = polydata_arrays(poly)
-    normals = field_normals(bf, bo, vol, pts)
+    nf = bf
+    extra = (s.ray_normal_smooth_var_mm2 or 0.0) - s.bone_smooth_var_mm2     # the pipeline's ray directions
+    if extra > 0:
+        from scipy import ndimage
+
+        nf = ndimage.gaussian_filter(bf, sigma=np.sqrt(extra) / vol.spacing_mm[::-1], mode="constant")
+    normals = field_normals(nf, bo, vol, pts)
     cf, co = smoothed_crop(cart, vol.spacing_mm, s.cartilage_smooth_var_mm2)
     fv = Volume(cf, vol.spacing_mm, vol.ijk_to_lps(co[::-1][None].astype(float))[0], vol.direction)
     th, _ = thickness_on_surface(poly, None, normals=normals, cartilage_field=fv, inner_mm=s.ray_inner_mm,
@@ -124,9 +130,37 @@ def test_regional_statistics_weight_by_area_not_by_vertex_count():
     # analytic: the missing vertices (rows y = 12..20 of the coarse half) carry 4.5 of its 10 rows of area
     assert s.plate_area_mm2 == pytest.approx(400.0)
     assert s.coverage == pytest.approx(covered / 400.0) and 0.75 < s.coverage < 0.8
-    assert s.thickness_area_weighted_mean_mm == pytest.approx((1.0 * 200.0 + 3.0 * (covered - 200.0)) / covered)
-    assert s.thickness_area_weighted_mean_mm > 1.5                   # a vertex-count mean would be ~1.03
-    assert s.thickness_mean_mm == pytest.approx(np.nanmean(thick)) and s.thickness_mean_mm < 1.1
-    assert s.thickness_median_mm == pytest.approx(1.0)
+    assert s.thickness_mean_mm == pytest.approx((1.0 * 200.0 + 3.0 * (covered - 200.0)) / covered)
+    assert s.thickness_mean_mm > 1.5                                 # a vertex-count mean would be ~1.03
+    assert s.thickness_area_weighted_mean_mm == s.thickness_mean_mm   # the older name of the same figure
+    assert s.thickness_vertex_mean_mm == pytest.approx(np.nanmean(thick)) and s.thickness_vertex_mean_mm < 1.1
+    assert s.thickness_median_mm == pytest.approx(1.0)               # 200 of ~310 mm² read 1.0
     assert s.n_vertices == len(pts) and s.n_valid_vertices == int((~missing).sum())
     assert s.cartilage_volume_mm3 == 123.0
+
+
+@pytest.mark.parametrize("edge_mm", [6.0, 6.13, 6.29, 6.41])
+def test_the_edge_of_the_covered_area_lies_between_vertices(edge_mm):
+    """A plate meshed at 0.7 mm whose cartilage ends at x = edge_mm (the ray's field maximum - 0.5 falls
+    linearly through 0 there; thickness 2 + 0.1 x mm): the covered area and the regional mean follow the
+    edge continuously, exactly, wherever it falls between two vertex columns. Whole vertex areas (what a
+    per-vertex coverage gives) jump by a column of vertices, 0.7 mm x 19.6 mm, when the edge crosses one;
+    so do the thin readings of the edge in the mean."""
+    from KneePipelineLib.morphometry.analysis import _stats
+    from KneePipelineLib.morphometry.mesh import covered_area_integrals
+
+    pts, tris = _grid_plate(0.0, 19.6, 0.7, y1=19.6)
+    area = vertex_areas(pts, tris)
+    level = 0.05 * (pts[:, 0] - edge_mm)               # >= 0: covered
+    truth = 2.0 + 0.1 * pts[:, 0]
+    thick = np.where(level >= 0, truth, np.nan)
+    cover = covered_area_integrals(pts, tris, level, np.where(level >= 0, truth, 2.0 + 0.1 * pts[:, 0]))
+    s = _stats("edge", 99, "region", "femur", thick, area, np.ones(len(pts), bool), 0.0, cover)
+    width = 19.6 - edge_mm
+    assert s.coverage * s.plate_area_mm2 == pytest.approx(width * 19.6, rel=1e-9)
+    assert s.thickness_mean_mm == pytest.approx(2.0 + 0.1 * (edge_mm + 19.6) / 2, rel=1e-9)
+    # with the crossings rule the thickness falls to 0 at the edge itself: still continuous, slightly lower
+    cover0 = covered_area_integrals(pts, tris, level, np.where(level >= 0, truth, 0.0), boundary_value=0.0)
+    s0 = _stats("edge", 99, "region", "femur", thick, area, np.ones(len(pts), bool), 0.0, cover0)
+    assert s0.coverage == pytest.approx(s.coverage, rel=1e-9)
+    assert s.thickness_mean_mm - 0.1 < s0.thickness_mean_mm < s.thickness_mean_mm

@@ -139,7 +139,7 @@ def evaluate(lab: Volume, surf: SmoothedFemur, thickness_mm: float, settings=Non
     from vtk.util.numpy_support import vtk_to_numpy
 
     from KneePipelineLib.morphometry import MeshSettings, analyze_labels
-    from KneePipelineLib.morphometry.mesh import get_point_array, polydata_arrays
+    from KneePipelineLib.morphometry.mesh import get_point_array, polydata_arrays, vertex_areas
 
     settings = settings or MeshSettings()
     phantom, covered = make_phantom(lab, surf, thickness_mm, footprint_mm)
@@ -147,7 +147,8 @@ def evaluate(lab: Volume, surf: SmoothedFemur, thickness_mm: float, settings=Non
     res = analyze_labels(phantom, settings)
     t_an = time.perf_counter() - t0
     poly = res.meshes["femur"]
-    pts, _ = polydata_arrays(poly)
+    pts, tris = polydata_arrays(poly)
+    area = vertex_areas(pts, tris)
     nrm = vtk_to_numpy(poly.GetPointData().GetNormals()).astype(float)
     th = get_point_array(poly, "thickness_mm").astype(float)
     reg = get_point_array(poly, "region")
@@ -198,6 +199,8 @@ def evaluate(lab: Volume, surf: SmoothedFemur, thickness_mm: float, settings=Non
             "measured_mean_mm": round(float(th[m].mean()), 4),
             "true_mean_mm": round(float(truth[m].mean()), 4),
             "mean_error_mm": round(float(th[m].mean() - truth[m].mean()), 4),
+            # by area, as the regional mean is computed (the table's figure)
+            "area_weighted_mean_error_mm": round(float((area[m] * (th[m] - truth[m])).sum() / area[m].sum()), 4),
             "measured_mean_minus_T_mm": round(float(th[mm].mean() - thickness_mm), 4),
             "measured_median_minus_T_mm": round(float(np.median(th[mm]) - thickness_mm), 4),
             "table_mean_mm": None if stat is None else stat.thickness_mean_mm,
@@ -238,11 +241,14 @@ def main() -> int:
                   % (r["long_rays_on_bone_without_real_cartilage"], r["long_rays_height_above_cartilage_bottom_mm_p10_p50_p90"],
                      r["real_cartilage_height_mm"], r["long_rays_measured_minus_truth_mm_median"]))
         for name, x in r["regions"].items():
-            print("   %-13s n %5d  measured %.3f  truth %.3f  error %+.4f mm   mean-T %+.3f  median-T %+.3f   >1.5T: %d (truth %d)"
+            print("   %-13s n %5d  measured %.3f  truth %.3f  error %+.4f mm (by area %+.4f)   mean-T %+.3f  median-T %+.3f"
+                  "   >1.5T: %d (truth %d)"
                   % (name, x["n"], x["measured_mean_mm"], x["true_mean_mm"], x["mean_error_mm"],
+                     x["area_weighted_mean_error_mm"],
                      x["measured_mean_minus_T_mm"], x["measured_median_minus_T_mm"], x["reading_over_1.5T"],
                      x["true_over_1.5T"]))
-    worst = max(abs(x["mean_error_mm"]) for r in results for x in r["regions"].values())
+    worst = max(max(abs(x["mean_error_mm"]), abs(x["area_weighted_mean_error_mm"]))
+                for r in results for x in r["regions"].values())
     print("worst regional |mean error| against the along-ray truth: %.4f mm (goal <= 0.05 mm)" % worst)
     if not args.no_write:
         print("wrote", write_result("phantoms", {"labels": Path(args.labels).name, "results": results,

@@ -25,7 +25,8 @@ from KneePipelineLib.benchinfo import write_result  # noqa: E402
 from KneePipelineLib.io import Volume, read_labels  # noqa: E402
 from KneePipelineLib.morphometry import analyze_labels  # noqa: E402
 
-STATS = ("thickness_mean_mm", "thickness_area_weighted_mean_mm", "thickness_median_mm")
+# the regional mean (over the covered area), the per-vertex mean (a property of the mesh), the median
+STATS = ("thickness_mean_mm", "thickness_vertex_mean_mm", "thickness_median_mm")
 
 
 def revoxelise(vol: Volume, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)) -> Volume:
@@ -79,7 +80,8 @@ def main() -> int:
     ap.add_argument("--labels", default=None, help="label map in the pymskt convention (default: the sample knee)")
     ap.add_argument("--quick", action="store_true", help="3 variants instead of 10")
     ap.add_argument("--normal-var", type=float, default=None,
-                    help="ray directions from the bone field smoothed to this variance (mm²)")
+                    help="ray directions from the bone field smoothed to this variance (mm²; 0 = the meshing field's)")
+    ap.add_argument("--rule", choices=("crossings", "integral"), default=None, help="per-vertex thickness rule")
     ap.add_argument("--native-bone-mesh", action="store_true",
                     help="measure on the native voxel-grid bone meshes instead of the target-point meshes")
     args = ap.parse_args()
@@ -94,7 +96,11 @@ def main() -> int:
     if args.normal_var is not None:
         import dataclasses
 
-        settings = dataclasses.replace(settings, ray_normal_smooth_var_mm2=args.normal_var)
+        settings = dataclasses.replace(settings, ray_normal_smooth_var_mm2=args.normal_var or None)
+    if args.rule is not None:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, thickness_rule=args.rule)
     t0 = time.perf_counter()
     base = analyze_labels(lab, settings)
     t_one = time.perf_counter() - t0
@@ -107,11 +113,11 @@ def main() -> int:
         w = {st: max(abs(c.get(st, 0.0)) for c in ch.values()) for st in STATS}
         for st in STATS:
             worst[st] = max(worst[st], w[st])
-        arg = max(ch, key=lambda k: abs(ch[k].get("thickness_mean_mm", 0.0)))
-        print("%-20s max |change| mean %.2f %%  area-weighted %.2f %%  median %.2f %%   (mean: worst %s %+.2f %%)"
-              % (name, w["thickness_mean_mm"], w["thickness_area_weighted_mean_mm"], w["thickness_median_mm"],
+        arg = max((k for k in ch if not k.startswith("subregion")), key=lambda k: abs(ch[k].get("thickness_mean_mm", 0.0)))
+        print("%-20s max |change| mean %.2f %%  per-vertex mean %.2f %%  median %.2f %%   (mean: worst %s %+.2f %%)"
+              % (name, w["thickness_mean_mm"], w["thickness_vertex_mean_mm"], w["thickness_median_mm"],
                  arg, ch[arg]["thickness_mean_mm"]))
-    print("worst over all variants and regions: mean %.2f %%, area-weighted %.2f %%, median %.2f %% (goal <= 0.5 %%)"
+    print("worst over all variants, regions, plates and subregions: mean %.2f %%, per-vertex mean %.2f %%, median %.2f %%"
           % tuple(worst[s] for s in STATS))
     per_region = {}
     for ch in rows.values():
@@ -120,12 +126,17 @@ def main() -> int:
                 per_region.setdefault(reg, {}).setdefault(st, 0.0)
                 per_region[reg][st] = max(per_region[reg][st], abs(val))
     for reg in sorted(per_region):
-        print("  %-40s max |change| mean %.2f %%  area-weighted %.2f %%  median %.2f %%"
+        print("  %-40s max |change| mean %.2f %%  per-vertex mean %.2f %%  median %.2f %%"
               % ((reg,) + tuple(per_region[reg].get(s, float("nan")) for s in STATS)))
+    goal_rows = {r: c for r, c in per_region.items() if r.startswith(("region:", "plate:"))}
+    worst_regions = max(c.get("thickness_mean_mm", 0.0) for c in goal_rows.values())
+    print("worst over the regions and plates (the goal, <= 0.5 %%): mean %.2f %% (%s)"
+          % (worst_regions, max(goal_rows, key=lambda r: goal_rows[r].get("thickness_mean_mm", 0.0))))
     path = write_result("precision" + ("-quick" if args.quick else "") + ("-native" if args.native_bone_mesh else ""), {
         "settings": repr(settings),
         "labels": Path(args.labels).name, "analysis_s": round(t_one, 2),
         "worst_abs_change_pct": {s: round(worst[s], 3) for s in STATS},
+        "worst_regions_and_plates_mean_pct": round(worst_regions, 3),
         "worst_abs_change_pct_per_region": {r: {s: round(x, 3) for s, x in c.items()} for r, c in per_region.items()},
         "changes_pct": {n: {r: {s: round(x, 3) for s, x in c.items()} for r, c in ch.items()} for n, ch in rows.items()},
         "goal_pct": 0.5})

@@ -23,9 +23,14 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    The
    rays sample the smoothed cartilage field whose 0.5 level set is the cartilage mesh (femur ← femoral cartilage, tibia ← both tibial plates,
    patella ← patellar cartilage); misses are NaN;
-5. statistics per sub-region and per plate: mean / std / median over vertices with a thickness,
-   area-weighted mean (vertex area = 1/3 of adjacent triangles), plate area (bone surface assigned to
-   the region), coverage (its fraction with a valid thickness), cartilage volume from voxel counts;
+5. statistics per sub-region and per plate, over the covered bone surface by area (docs/ACCURACY.md,
+   "Precision"): the mean thickness (the integral of the piecewise-linear thickness over the covered
+   area / that area; the edge of the covered area - where the ray's field maximum reaches 0.5 - is
+   placed between vertices, :func:`.mesh.covered_area_integrals`, so it moves continuously with the
+   anatomy instead of jumping by whole vertex areas), SD and median weighted by the covered area each
+   vertex stands for; the plain per-vertex mean (``thickness_vertex_mean_mm``, a property of the mesh);
+   plate area (bone surface assigned to the region; vertex area = 1/3 of adjacent triangles), coverage
+   (its covered fraction), cartilage volume from voxel counts;
 6. the field's reporting standard (:mod:`.chondrometrics`, :mod:`.bone_interface`, docs/MEASURES.md):
    per bone the subchondral bone area tAB with its enclosed bare patches, each tAB vertex covered /
    denuded / a miss (point array ``cartilage_status``), the 16 femorotibial subregions (point array
@@ -43,12 +48,12 @@ import numpy as np
 from .. import labels as L
 from ..errors import InvalidInputError, MissingStructuresError
 from ..io.volume import Volume
-from .mesh import (field_normals, mesh_from_field, mesh_from_field_target_points, polydata_arrays, set_normals,
-                   set_point_array, smoothed_crop, vertex_areas)
+from .mesh import (covered_area_integrals, field_normals, mesh_from_field, mesh_from_field_target_points,
+                   polydata_arrays, set_normals, set_point_array, smoothed_crop, vertex_areas)
 from . import chondrometrics as C
 from .bone_interface import BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels
 from .raycast import cartilage_length_on_rays, thickness_on_surface
-from .regions import crop_bone, femoral_subregions, knee_frame
+from .regions import crop_bone, femoral_region_of_points, femoral_subregions, knee_frame
 
 BONE_KEYS = {L.FEMUR: "femur", L.TIBIA: "tibia", L.PATELLA: "patella"}
 CARTILAGE_KEYS = {L.FEMORAL_CARTILAGE: "femoral_cartilage", L.MEDIAL_TIBIAL_CARTILAGE: "medial_tibial_cartilage",
@@ -70,8 +75,12 @@ class MeshSettings:
     ray_inner_mm: float = 2.5               # ray starts this far inside the bone
     ray_outer_mm: float = 10.0              # and ends this far outside
     ray_step_mm: float = 0.1                # sampling step along rays
-    # ray directions: normals of the bone field smoothed to this variance (mm²); None = the meshing field's
-    ray_normal_smooth_var_mm2: Optional[float] = None
+    # ray directions: normals of the bone field smoothed to this variance (mm²; None = the meshing field's
+    # 0.5 mm²): 4 mm² (sigma 2 mm) irons out the voxel staircase's ripple in the directions (a ray tilted by
+    # a reads T / cos a; the ripple's tilt changes with the grid's orientation) while following the condyles
+    ray_normal_smooth_var_mm2: Optional[float] = 4.0
+    # per-vertex thickness: "crossings" (distance between the field's 0.5 crossings) or "integral" (raycast)
+    thickness_rule: str = "crossings"
     region_max_distance_mm: float = 1.0     # bone surface within this of a region's cartilage counts as its plate
     keep_largest_bone_component: bool = True
     # output bone meshes resampled to about this many vertices (like the reference's 20k/20k/10k);
@@ -87,15 +96,20 @@ class MeshSettings:
 class RegionStats:
     name: str
     code: Optional[int]                     # None for whole plates
+    # statistics of the thickness over the covered bone surface (by area, not by vertex count; the edge of
+    # the covered area placed between vertices - mesh.covered_area_integrals): mean, SD, median
     thickness_mean_mm: Optional[float]
     thickness_std_mm: Optional[float]
     thickness_median_mm: Optional[float]
-    thickness_area_weighted_mean_mm: Optional[float]
+    thickness_area_weighted_mean_mm: Optional[float]    # = thickness_mean_mm (the name older files used)
     cartilage_volume_mm3: float
     plate_area_mm2: float
     coverage: Optional[float]
     n_vertices: int                         # bone vertices assigned to the region
     n_valid_vertices: int = 0               # of those, with a valid thickness
+    # the plain mean over the vertices with a thickness: a property of the mesh (vertex density follows
+    # the voxel grid and curvature), kept for comparison; not the region's mean thickness
+    thickness_vertex_mean_mm: Optional[float] = None
     kind: str = "region"                    # "region" | "plate" | "subregion"
     bone: str = ""
     chondrometrics: str = ""                # the field's code (TrF, cMF, MT, cMT, ecMF, ...)
@@ -144,20 +158,42 @@ def _field_volume(field_arr: np.ndarray, offset_kji: np.ndarray, geometry: Volum
     return Volume(field_arr, geometry.spacing_mm.copy(), origin, geometry.direction.copy())
 
 
-def _stats(name, code, kind, bone, thick, area, sel, volume_mm3) -> RegionStats:
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], np.cumsum(weights[order])
+    return float(v[min(int(np.searchsorted(c, 0.5 * c[-1])), len(v) - 1)])
+
+
+def _stats(name, code, kind, bone, thick, area, sel, volume_mm3, cover=None) -> RegionStats:
+    """Statistics of one region: ``sel`` its vertices. ``cover`` = (alpha, tau) per vertex from
+    :func:`.mesh.covered_area_integrals` (covered area and thickness integral each vertex stands for);
+    None = whole vertex areas where the thickness is valid (the edge of the covered area then jumps from
+    vertex to vertex)."""
     n = int(sel.sum())
     ok = sel & np.isfinite(thick)
     nv = int(ok.sum())
     plate = float(area[sel].sum())
-    if nv:
-        t, w = thick[ok], area[ok]
-        vals = (float(t.mean()), float(t.std(ddof=1)) if nv > 1 else 0.0, float(np.median(t)),
-                float((t * w).sum() / w.sum()) if w.sum() > 0 else float(t.mean()))
+    if cover is None:
+        alpha = np.where(np.isfinite(thick), area, 0.0)
+        tau = np.where(np.isfinite(thick), thick, 0.0) * alpha
+    else:
+        alpha, tau = cover
+    covered = float(alpha[sel].sum())
+    vmean = None
+    if nv and covered > 0:
+        t, w = thick[ok], alpha[ok]
+        if w.sum() <= 0:
+            w = area[ok]
+        mean = float(tau[sel].sum() / covered)
+        wm = float((t * w).sum() / w.sum())
+        vals = (mean, float(np.sqrt((w * (t - wm) ** 2).sum() / w.sum())), _weighted_median(t, w), mean)
+        vmean = float(t.mean())
     else:
         vals = (None, None, None, None)
-    cov = float(area[ok].sum() / plate) if plate > 0 else None
+    cov = covered / plate if plate > 0 else None
     return RegionStats(name, code, *vals, cartilage_volume_mm3=float(volume_mm3), plate_area_mm2=plate,
-                       coverage=cov, n_vertices=n, n_valid_vertices=nv, kind=kind, bone=bone)
+                       coverage=cov, n_vertices=n, n_valid_vertices=nv, kind=kind, bone=bone,
+                       thickness_vertex_mean_mm=vmean)
 
 
 def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
@@ -268,10 +304,16 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
             pts, tris = polydata_arrays(poly)
             from vtk.util.numpy_support import vtk_to_numpy
             normals = vtk_to_numpy(poly.GetPointData().GetNormals()).astype(float)
+            details: Dict[str, np.ndarray] = {}
             thick, region = thickness_on_surface(
                 poly, None, regions_volume, inner_mm=settings.ray_inner_mm, outer_mm=settings.ray_outer_mm,
                 region_codes=codes, region_max_distance_mm=settings.region_max_distance_mm, normals=normals,
-                cartilage_field=fv, step_mm=settings.ray_step_mm)
+                cartilage_field=fv, step_mm=settings.ray_step_mm, thickness_rule=settings.thickness_rule,
+                details=details)
+            if bone == L.FEMUR and info is not None:   # femoral regions by the continuous rule at the layer's
+                fr = np.isin(region, codes)            # middle, not the voxel map's staircase (regions.py)
+                region[fr] = femoral_region_of_points(
+                    frame, info, pts[fr] + 0.5 * np.nan_to_num(thick[fr])[:, None] * normals[fr])
             misses = np.flatnonzero((region > 0) & np.isnan(thick))
             if len(misses):
                 pts = polydata_arrays(poly)[0]
@@ -283,7 +325,8 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
         set_point_array(poly, "region", region.astype(np.int32))
         pts, tris = polydata_arrays(poly)
         area = vertex_areas(pts, tris)
-        per_bone[bone] = (thick, region, area)
+        cover = _covered(pts, tris, thick, details, settings.thickness_rule) if carts_here else None
+        per_bone[bone] = (thick, region, area, cover)
         lap("thickness_" + bname)
         if carts_here:
             interfaces[bname], ac[bone] = _standard_measures_inputs(
@@ -300,18 +343,18 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
             if vox_counts[r.code] == 0:
                 warnings.append("Region %s is absent from the label map." % r.name)
             continue
-        thick, region, area = per_bone[r.bone]
+        thick, region, area, cover = per_bone[r.bone]
         stats.append(_stats(r.name, r.code, "region", BONE_KEYS[r.bone], thick, area, region == r.code,
-                            vox_counts[r.code] * vv))
+                            vox_counts[r.code] * vv, cover))
     for pname, codes in L.PLATES.items():
         if not any(vox_counts[c] for c in codes):
             continue
         bone = L.REGION_BY_CODE[codes[0]].bone
         if bone not in per_bone:
             continue
-        thick, region, area = per_bone[bone]
+        thick, region, area, cover = per_bone[bone]
         stats.append(_stats(pname, None, "plate", BONE_KEYS[bone], thick, area, np.isin(region, codes),
-                            sum(vox_counts[c] for c in codes) * vv))
+                            sum(vox_counts[c] for c in codes) * vv, cover))
     stats += _subregion_stats(per_bone, interfaces, vv, warnings)
     _add_measures(stats, per_bone, interfaces, ac, vox_counts, vv)
     for s in stats:
@@ -327,6 +370,23 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
     report(1.0, "morphometry done")
     return MorphometryResult(laterality, meshes, regions_volume, stats, warnings, frame, timings, miss_causes,
                              interfaces, lab.with_array(subregions_arr))
+
+
+def _covered(pts, tris, thick, details, rule):
+    """(alpha, tau) per bone vertex (:func:`.mesh.covered_area_integrals`): the level is the cartilage
+    field's maximum on the ray - 0.5 (a layer's edge lies where it reaches 0.5; a ray that reaches 0.5
+    without a valid reading counts as uncovered, level -0.5). The thickness on the edge itself is 0 for
+    the crossings rule (the crossings meet there) and the partial layer's integral, interpolated, for
+    the integral rule (it varies continuously across the edge)."""
+    if "peak" not in details:
+        return None
+    valid = np.isfinite(thick)
+    level = np.where(valid, np.maximum(details["peak"] - 0.5, 0.0), np.minimum(details["peak"] - 0.5, -1e-6))
+    level[~valid & (details["peak"] >= 0.5)] = -0.5
+    if rule == "integral":
+        values = np.where(valid, thick, np.nan_to_num(details["bump_mm"]))
+        return covered_area_integrals(pts, tris, level, values, None)
+    return covered_area_integrals(pts, tris, level, np.where(valid, thick, 0.0), 0.0)
 
 
 _PLATE_CODES = {"femur": "F", "tibia_medial": "MT", "tibia_lateral": "LT", "patella": "P"}
@@ -372,7 +432,7 @@ def _subregion_stats(per_bone, interfaces, vv, warnings) -> List[RegionStats]:
         bi = interfaces.get(bname)
         if bi is None or bone not in per_bone:
             continue
-        thick, _, area = per_bone[bone]
+        thick, _, area, cover = per_bone[bone]
         counts = bi.voxel_counts
         for s in C.SUBREGIONS:
             if L.REGION_BY_CODE[s.parent].bone != bone:
@@ -382,7 +442,7 @@ def _subregion_stats(per_bone, interfaces, vv, warnings) -> List[RegionStats]:
                 if (bi.tab_region == s.parent).any():
                     warnings.append("Subregion %s is empty." % s.name)
                 continue
-            st = _stats(s.name, s.code, "subregion", bname, thick, area, sel, counts.get(s.code, 0) * vv)
+            st = _stats(s.name, s.code, "subregion", bname, thick, area, sel, counts.get(s.code, 0) * vv, cover)
             st.chondrometrics, st.display, st.color = s.name, s.display, C.hex_color(s.color)
             out.append(st)
     return out

@@ -94,6 +94,78 @@ def vertex_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return out
 
 
+def covered_area_integrals(points: np.ndarray, triangles: np.ndarray, level: np.ndarray, values: np.ndarray,
+                           boundary_value: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Per vertex: the covered area it stands for and the integral of the value over it, (alpha, tau).
+
+    ``level`` (per vertex) varies continuously over the surface and is >= 0 where it is covered (e.g. the
+    cartilage field's maximum on the vertex's ray - 0.5). Inside each triangle the level and ``values``
+    are interpolated linearly, the triangle is clipped to level >= 0 (its covered part), and the covered
+    part's area and integral of the value are shared among the triangle's vertices by their barycentric
+    weight: alpha_v = sum over triangles of the integral of lambda_v over the covered part, tau_v = the same
+    of lambda_v * value. A fully covered surface gives alpha = :func:`vertex_areas` (one third of each
+    triangle) and sum(tau) = the exact integral of the piecewise-linear value. So the covered area and a
+    regional mean (sum tau / sum alpha) no longer jump by a whole vertex area when one vertex's ray
+    changes status: the edge of the covered area moves continuously between vertices, as the anatomy
+    does. ``boundary_value``: the value on the edge itself (level = 0); None = interpolated between the
+    two vertices (then ``values`` must hold a value for uncovered vertices too).
+    """
+    n = len(points)
+    alpha = np.zeros(n)
+    tau = np.zeros(n)
+    if len(triangles) == 0:
+        return alpha, tau
+    area = 0.5 * np.linalg.norm(face_normals(points, triangles), axis=1)
+    f = np.asarray(level, dtype=float)[triangles]
+    t = np.asarray(values, dtype=float)[triangles]
+    pos = f >= 0
+    npos = pos.sum(axis=1)
+    eye = np.eye(3)
+
+    def add(tri_ids, bary, tc, a):
+        """Pieces: tri_ids (m,3) parent vertex ids, bary (m,3 corners,3 parent weights), tc (m,3), a (m)."""
+        la = a[:, None] * bary.mean(axis=1)
+        lt = a[:, None] / 12.0 * (np.einsum("mcv,mc->mv", bary, tc) + bary.sum(axis=1) * tc.sum(axis=1)[:, None])
+        for v in range(3):
+            alpha[:] += np.bincount(tri_ids[:, v], weights=la[:, v], minlength=n)
+            tau[:] += np.bincount(tri_ids[:, v], weights=lt[:, v], minlength=n)
+
+    full = npos == 3
+    if full.any():
+        m = int(full.sum())
+        add(triangles[full], np.broadcast_to(eye, (m, 3, 3)), t[full], area[full])
+    for count in (1, 2):
+        sel = np.flatnonzero(npos == count)
+        if not len(sel):
+            continue
+        # the odd vertex first: the covered one (count 1) or the uncovered one (count 2)
+        k = np.argmax(pos[sel], axis=1) if count == 1 else np.argmin(pos[sel], axis=1)
+        order = (k[:, None] + np.arange(3)[None, :]) % 3
+        rows = sel[:, None]
+        ids, fr, tr, a = triangles[rows, order], f[rows, order], t[rows, order], area[sel]
+        s1 = fr[:, 0] / (fr[:, 0] - fr[:, 1])          # edge 0-1 crosses level 0 at s1 from vertex 0
+        s2 = fr[:, 0] / (fr[:, 0] - fr[:, 2])
+        x1 = (1 - s1)[:, None] * eye[0] + s1[:, None] * eye[1]
+        x2 = (1 - s2)[:, None] * eye[0] + s2[:, None] * eye[2]
+        if boundary_value is None:
+            t1 = (1 - s1) * tr[:, 0] + s1 * tr[:, 1]
+            t2 = (1 - s2) * tr[:, 0] + s2 * tr[:, 2]
+        else:
+            t1 = t2 = np.full(len(sel), float(boundary_value))
+        e0 = np.broadcast_to(eye[0], x1.shape)
+        if count == 1:      # the corner (0, x1, x2)
+            add(ids, np.stack([e0, x1, x2], axis=1), np.stack([tr[:, 0], t1, t2], axis=1), a * s1 * s2)
+        else:               # the quadrilateral (1, 2, x2, x1) as two triangles
+            e1, e2 = np.broadcast_to(eye[1], x1.shape), np.broadcast_to(eye[2], x1.shape)
+            a_q = a * (1 - s1 * s2)
+            # split (1, 2, x2) + (1, x2, x1); their areas in the parent's barycentric measure
+            a_a = a * (1 - s2)                     # triangle (1, 2, x2)
+            a_b = a_q - a_a                        # triangle (1, x2, x1)
+            add(ids, np.stack([e1, e2, x2], axis=1), np.stack([tr[:, 1], tr[:, 2], t2], axis=1), a_a)
+            add(ids, np.stack([e1, x2, x1], axis=1), np.stack([tr[:, 1], t2, t1], axis=1), a_b)
+    return alpha, tau
+
+
 def signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
     """Enclosed volume (mm³) of a closed mesh; positive when normals point outward."""
     a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]

@@ -229,7 +229,7 @@ def field_hits(origins: np.ndarray, directions: np.ndarray, length_mm: float, fi
 
 
 def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, field, step_mm: float = 0.1,
-                 level: float = 0.5, chunk: int = 20000):
+                 level: float = 0.5, chunk: int = 20000, with_peaks: bool = False):
     """The first layer of a smoothed cartilage field along each segment: (t_in, t_out, integral_mm).
 
     ``t_in`` / ``t_out``: the first ``level`` crossing upward and the next downward (linear interpolation;
@@ -240,6 +240,12 @@ def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, 
     thickness, while the crossing width under-reads layers thinner than ~4 sigma and loses those thinner
     than ~1.35 sigma at once (the cartilage's thin edges, which made regional means depend on the voxel
     grid).
+
+    ``with_peaks=True`` adds two arrays: ``peak`` = the field's maximum along each segment (0 where it stays
+    below 0.05) and ``bump_mm`` = the integral over the bump around that maximum for the rays that meet
+    no layer (0 where the field stays below 0.05; NaN for the rays with a layer). Both vary continuously
+    over the bone surface, so a layer's edge can be located between vertices (``peak`` = ``level``) and
+    the thin partial layer just beyond it has a thickness (:func:`.mesh.covered_area_integrals`).
     """
     from scipy import ndimage
 
@@ -247,8 +253,10 @@ def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, 
     t_in = np.full(n, np.nan)
     t_out = np.full(n, np.nan)
     integral = np.full(n, np.nan)
+    peak = np.zeros(n)
+    bump = np.zeros(n)
     if n == 0:
-        return t_in, t_out, integral
+        return (t_in, t_out, integral, peak, bump) if with_peaks else (t_in, t_out, integral)
     n_s = int(np.ceil(length_mm / step_mm)) + 1
     ts = np.linspace(0.0, length_mm, n_s)
     dt = ts[1] - ts[0]
@@ -279,6 +287,12 @@ def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, 
         has &= fall.any(axis=1)
         x = np.argmax(fall, axis=1)
         rows = np.arange(len(rows_g))
+        if with_peaks:      # rays without a layer: the bump around their maximum
+            top = np.argmax(vals, axis=1)
+            peak[rows_g] = vals[rows, top]
+            e_b, x_b = np.where(has, e, top), np.where(has, x, np.minimum(top, n_s - 2))
+        else:
+            e_b, x_b = e, x
 
         def cross(k):
             v0, v1 = vals[rows, k], vals[rows, k + 1]
@@ -291,8 +305,8 @@ def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, 
         valley |= vals < 0.02
         valley[:, 0] = valley[:, -1] = True
         k_all = np.arange(n_s)[None, :]
-        start = np.max(np.where(valley & (k_all <= e[:, None]), k_all, 0), axis=1)
-        end = np.min(np.where(valley & (k_all >= x[:, None] + 1), k_all, n_s - 1), axis=1)
+        start = np.max(np.where(valley & (k_all <= e_b[:, None]), k_all, 0), axis=1)
+        end = np.min(np.where(valley & (k_all >= x_b[:, None] + 1), k_all, n_s - 1), axis=1)
         in_bump = (k_all >= start[:, None]) & (k_all <= end[:, None])
         w = np.where(in_bump, vals, 0.0)
         # trapezoid over the bump (its end samples are valleys, counted half)
@@ -301,6 +315,11 @@ def field_layers(origins: np.ndarray, directions: np.ndarray, length_mm: float, 
         t_in[rows_g[sel]] = cross(e)[sel]
         t_out[rows_g[sel]] = cross(x)[sel]
         integral[rows_g[sel]] = integ[sel]
+        if with_peaks:
+            bump[rows_g] = np.where(has, np.nan, integ)
+    if with_peaks:
+        bump[np.isfinite(t_in)] = np.nan
+        return t_in, t_out, integral, peak, bump
     return t_in, t_out, integral
 
 
@@ -318,7 +337,7 @@ def thickness_on_surface(bone, cartilage, region_volume=None, *, inner_mm: float
                          region_codes: Optional[Iterable[int]] = None, region_max_distance_mm: float = 1.0,
                          normals: Optional[np.ndarray] = None, cell_mm: Optional[float] = None,
                          cartilage_field=None, step_mm: float = 0.1, thickness_rule: str = "crossings",
-                         ) -> Tuple[np.ndarray, np.ndarray]:
+                         details: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Thickness (mm, NaN = miss) and region code (0 = none) for every vertex of ``bone``.
 
     ``cartilage``: one vtkPolyData or a list of them (e.g. medial + lateral tibial plates), closed,
@@ -334,6 +353,9 @@ def thickness_on_surface(bone, cartilage, region_volume=None, *, inner_mm: float
     counted, so thin layers read their thickness - 0.897 instead of 0.563 mm for a 0.9 mm layer - but a
     layer's lateral edges read less, within ~sigma of the edge). A ray counts (and its region is sampled
     between the crossings) only where the layer reaches 0.5 either way.
+    ``details`` (with a field): a dict that receives ``peak`` (the field's maximum on each ray) and
+    ``bump_mm`` (the partial layer's integral on the rays without a layer) - what
+    :func:`.mesh.covered_area_integrals` needs to place the edge of the covered area between vertices.
     """
     bpts, btris = polydata_arrays(bone)
     n = len(bpts)
@@ -349,7 +371,10 @@ def thickness_on_surface(bone, cartilage, region_volume=None, *, inner_mm: float
     if cartilage_field is not None:
         if thickness_rule not in ("integral", "crossings"):
             raise ValueError("thickness_rule must be 'integral' or 'crossings'")
-        t_in_all, t_out_all, integ = field_layers(origins, normals, length, cartilage_field, step_mm=step_mm)
+        t_in_all, t_out_all, integ, peak, bump = field_layers(origins, normals, length, cartilage_field,
+                                                               step_mm=step_mm, with_peaks=True)
+        if details is not None:
+            details["peak"], details["bump_mm"] = peak, bump
         rv = np.flatnonzero(np.isfinite(t_in_all))
         t_in, t_out = t_in_all[rv], t_out_all[rv]
         thickness[rv] = integ[rv] if thickness_rule == "integral" else t_out - t_in
