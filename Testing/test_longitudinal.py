@@ -155,15 +155,36 @@ def test_same_knee_in_another_pose_reports_no_change(coarse_knee, real_run, tmp_
     assert (tmp_path / "change" / "report" / "longitudinal.html").is_file()
 
 
-def _shell_knee(knee: Volume, thickness_mm: float, thin_region_mask=None, thin_to_mm=None) -> Volume:
-    """Real bones and tibial/patellar cartilage; femoral cartilage = voxels outside the femur at a distance
-    0 < d <= thickness_mm within 3 mm of the real femoral cartilage (its footprint)."""
+_FOOT_MM = 3.0
+
+
+def _shell_geometry(knee: Volume, thickness_mm: float):
+    """(d, foot): d = distance outside the femur (mm), foot = within 3 mm of the real femoral cartilage.
+    Computed in the box around that cartilage grown by 3 mm + thickness_mm + 1 voxel (a few times fewer voxels
+    than the whole knee): exact wherever ``foot`` holds and d <= thickness_mm, the only places the shell uses
+    (a nearer femur or cartilage voxel than the box holds would lie inside the box); d = inf outside it."""
     from scipy import ndimage
 
+    arr = knee.array
+    sp = knee.spacing_mm[::-1]                                     # array axes (k, j, i)
+    nz = np.argwhere(arr == L.FEMORAL_CARTILAGE)
+    grow = np.ceil((_FOOT_MM + thickness_mm) / sp).astype(int) + 1
+    lo, hi = np.maximum(nz.min(0) - grow, 0), np.minimum(nz.max(0) + grow + 1, arr.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    d = np.full(arr.shape, np.inf)
+    d[box] = ndimage.distance_transform_edt(arr[box] != L.FEMUR, sampling=sp)
+    foot = np.zeros(arr.shape, bool)
+    foot[box] = ndimage.distance_transform_edt(arr[box] != L.FEMORAL_CARTILAGE, sampling=sp) <= _FOOT_MM
+    return d, foot
+
+
+def _shell_knee(knee: Volume, thickness_mm: float, thin_region_mask=None, thin_to_mm=None,
+                geometry=None) -> Volume:
+    """Real bones and tibial/patellar cartilage; femoral cartilage = voxels outside the femur at a distance
+    0 < d <= thickness_mm within 3 mm of the real femoral cartilage (its footprint). ``geometry``: the
+    knee's ``_shell_geometry`` when already computed."""
     arr = knee.array.copy()
-    femur = arr == L.FEMUR
-    d = ndimage.distance_transform_edt(~femur, sampling=knee.spacing_mm[::-1])
-    foot = ndimage.distance_transform_edt(arr != L.FEMORAL_CARTILAGE, sampling=knee.spacing_mm[::-1]) <= 3.0
+    d, foot = geometry if geometry is not None else _shell_geometry(knee, thickness_mm)
     free = ~np.isin(arr, [L.FEMUR, L.TIBIA, L.PATELLA, L.MEDIAL_TIBIAL_CARTILAGE, L.LATERAL_TIBIAL_CARTILAGE,
                           L.PATELLAR_CARTILAGE])
     shell = foot & free & (d > 0) & (d <= thickness_mm)
@@ -180,12 +201,13 @@ def thinned_comparison(sample_knee, tmp_path_factory):
     from scipy import ndimage
 
     tmp = tmp_path_factory.mktemp("thinned")
-    _analyze(_shell_knee(sample_knee, T_MM), tmp / "v0")
+    geometry = _shell_geometry(sample_knee, T_MM)                  # the same femur and footprint at both visits
+    _analyze(_shell_knee(sample_knee, T_MM, geometry=geometry), tmp / "v0")
     regions = read_labels(tmp / "v0" / "regions.nii.gz").array
     # the medial weight-bearing region's cartilage, grown so that it covers the whole shell there
     wb = ndimage.binary_dilation(regions == 12, iterations=2) & ~ndimage.binary_dilation(
         np.isin(regions, [11, 13, 14, 15]), iterations=1)
-    follow = _shell_knee(sample_knee, T_MM, thin_region_mask=wb, thin_to_mm=T_MM - DELTA_MM)
+    follow = _shell_knee(sample_knee, T_MM, thin_region_mask=wb, thin_to_mm=T_MM - DELTA_MM, geometry=geometry)
     R = _rotation([1.0, 0.2, 0.4], 4.0)
     _analyze(_revoxelised(follow, R, [0.4, -0.25, 0.3]), tmp / "v1")
     doc = compare_runs(tmp / "v0", [tmp / "v1"], tmp / "change", report=False)
