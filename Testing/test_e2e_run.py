@@ -202,38 +202,38 @@ def test_the_report_has_images(cli_run):
         assert (cli_run["out"] / o["path"]).stat().st_size > 1000, o["path"]
 
 
-def test_in_process_run_gives_the_same_segmentation(cli_run, case, tmp_path):
-    """pipeline.run in-process (what Slicer's runner and batch call) agrees with the CLI exactly."""
-    opts = RunOptions(out_dir=str(tmp_path / "run"), image=str(case["image"]), model="nnunet_fullres",
-                      model_dir=str(TRAINER), device="cpu", report=False, threads=2)
-    manifest = run(opts, Progress(sink=lambda e: None), command="run")
-    assert manifest.status == "complete"
-    assert np.array_equal(_segmentation(tmp_path / "run"), _segmentation(cli_run["out"]))
-
-
-def test_resume_reuses_the_segmentation_after_a_later_step_failed(case, tmp_path):
-    """A run that fails after segmentation (here: a bone+cartilage NSM request with a bone-only model) is
-    resumed: the minutes of segmentation are not repeated, and changed model options are not reused."""
-    from KneePipelineLib.errors import ModelInvalidError
+def test_in_process_run_gives_the_same_segmentation_and_resume_reuses_it(cli_run, case, tmp_path):
+    """pipeline.run in-process (what Slicer's runner and batch call) agrees with the CLI exactly. The run fails
+    after segmentation (a bone+cartilage NSM request with a bone-only model) and is resumed: the minutes of
+    segmentation are not repeated, and changed model options are not reused. (One segmentation serves both
+    checks; they were two tests with two more segmentations.)"""
+    from KneePipelineLib.errors import InsufficientMemoryError, ModelInvalidError
+    from KneePipelineLib.resources import simulated_available_memory
 
     out = tmp_path / "run"
     nsm_small = ROOT / "Testing" / "fixtures" / "nsm_small"
-    base = dict(out_dir=str(out), image=str(case["image"]), model="nnunet_fullres", model_dir=str(MODEL_DIR),
-                device="cpu", report=False)
+    base = dict(out_dir=str(out), image=str(case["image"]), model="nnunet_fullres", model_dir=str(TRAINER),
+                device="cpu", report=False, threads=2)
     with pytest.raises(ModelInvalidError):
-        run(RunOptions(nsm="bone_cartilage", nsm_dir=str(nsm_small), **base))
+        run(RunOptions(nsm="bone_cartilage", nsm_dir=str(nsm_small), **base), Progress(sink=lambda e: None))
     first = json.loads((out / "manifest.json").read_text())
     assert first["status"] == "failed" and first["steps"]["segmentation"]["status"] == "complete"
+    assert np.array_equal(_segmentation(out), _segmentation(cli_run["out"]))   # in-process == CLI, exactly
     seg_mtime = (out / "segmentation.nii.gz").stat().st_mtime_ns
 
-    m = run(RunOptions(resume=True, **base))
+    m = run(RunOptions(resume=True, **base), Progress(sink=lambda e: None), command="run")
     assert m.status == "complete" and m.steps["segmentation"].get("reused") is True
     assert m.steps["segmentation"]["seconds"] < 5
     assert (out / "segmentation.nii.gz").stat().st_mtime_ns == seg_mtime
     assert m.models["segmentation"]["id"] == "nnunet_fullres"
 
-    m2 = run(RunOptions(resume=True, postprocess=False, **{k: v for k, v in base.items()}))
-    assert not m2.steps["segmentation"].get("reused")   # other model options: segment again
+    # other model options: segment again. A segmentation that is not reused checks the machine's memory
+    # first; a 100 MB machine refuses it there (a reused one would skip that check and fail later, if at all).
+    with simulated_available_memory(100_000_000), pytest.raises(InsufficientMemoryError):
+        run(RunOptions(resume=True, postprocess=False, **base))
+    m2 = json.loads((out / "manifest.json").read_text())
+    assert not m2["steps"]["segmentation"].get("reused")
+    assert m2["steps"]["segmentation"]["status"] == "failed" and m2["error"]["category"] == "insufficient_memory"
 
 
 def test_left_knee_in_ras_voxel_order_end_to_end(left_run):
