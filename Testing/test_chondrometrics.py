@@ -168,6 +168,56 @@ def test_denuded_patch_area_and_thickness_identity(denuded_plate):
     assert not np.any((bi.tab_region == 0) & (bi.status != C.OUTSIDE))
 
 
+@pytest.fixture(scope="module")
+def rim_plate():
+    """The 40 x 30 mm plate (2 mm cartilage, 0.5 mm voxels) with, along its -y edge, a 3 mm wide rim band of
+    one-voxel (0.5 mm) cartilage - thinner than the smoothed surface resolves, so its rays fail - and, at its
+    +y edge, a 10 x 8 mm full-thickness notch reaching the rim."""
+    h = 0.5
+    shape = (36, 84, 104)
+    z, y, x = [(np.arange(n) + 0.5) * h for n in shape]
+    Z, Y, X = np.meshgrid(z, y, x, indexing="ij")
+    bone = (X > 1.5) & (X < 50.5) & (Y > 1.5) & (Y < 40.5) & (Z > 2) & (Z < 10)
+    plate = (X > 6) & (X < 46) & (Y > 6) & (Y < 36)
+    notch = (X > 21) & (X < 31) & (Y > 28)
+    band = (X > 6) & (X < 46) & (Y > 3) & (Y < 6)
+    cart = (plate & ~notch & (Z > 10) & (Z < 12)) | (band & (Z > 10) & (Z < 10.5))
+    arr = np.where(bone, L.TIBIA, 0).astype(np.int16)
+    arr[cart] = L.MEDIAL_TIBIAL_CARTILAGE
+    vol = Volume(arr, [h, h, h], [0.0, 0.0, 0.0], np.eye(3))
+    poly = mesh_from_mask(bone, vol, 0.5)
+    fld, off = smoothed_crop(cart, vol.spacing_mm, 0.3125)
+    fv = Volume(fld, vol.spacing_mm, vol.ijk_to_lps(off[::-1][None].astype(float))[0], vol.direction)
+    pts, tris = polydata_arrays(poly)
+    normals = vertex_normals(pts, tris)
+    th, reg = thickness_on_surface(poly, None, vol, region_codes=[L.MEDIAL_TIBIAL_CARTILAGE], normals=normals,
+                                   cartilage_field=fv)
+    bi = bone_interface(pts, tris, normals, th, reg, vertex_areas(pts, tris), vol, [L.MEDIAL_TIBIAL_CARTILAGE])
+    top = pts[:, 2] > 9.5
+    in_band = top & (pts[:, 1] > 3.3) & (pts[:, 1] < 5.7) & (pts[:, 0] > 7) & (pts[:, 0] < 45)
+    in_notch = top & (pts[:, 1] > 29) & (pts[:, 0] > 22) & (pts[:, 0] < 30)
+    return bi, in_band, in_notch
+
+
+def test_a_rim_whose_rays_fail_is_a_miss_and_a_rim_notch_is_not_tab(rim_plate):
+    """How a plate's rim counts (docs/MEASURES.md): bone under cartilage too thin for a ray to measure (voxels of
+    the cartilage on the ray, no valid thickness) is a *miss* - in tAB, neither covered nor denuded, left out of
+    the means, reported as mAB / mAB% - never denuded bone nor 0 mm; bare bone whose patch reaches the rest of
+    the bone (a notch at the rim) is not tAB at all: the documented under-count of rim lesions."""
+    bi, in_band, in_notch = rim_plate
+    assert np.all(bi.status[in_band] == C.MISS)
+    assert np.all(bi.status[in_notch] == C.OUTSIDE) and bi.n_holes == 0
+    q = bi.samples
+    m = C.measures(q.thickness_mm, q.area_mm2, q.status, q.tab_region == L.MEDIAL_TIBIAL_CARTILAGE)
+    assert m["mAB"] == pytest.approx(40 * 3, rel=0.1)                 # the thin band
+    assert m["dAB"] == 0.0 and m["dAB%"] == 0.0                         # neither the band nor the notch
+    assert m["cAB"] == pytest.approx(40 * 30 - 10 * 8, rel=0.03)
+    assert m["tAB"] == pytest.approx(m["cAB"] + m["mAB"])
+    assert m["mAB%"] == pytest.approx(100 * m["mAB"] / m["tAB"])
+    assert m["ThCcAB.aMe"] == pytest.approx(2.0, abs=0.1)               # the band is not averaged in as 0
+    assert m["ThCtAB.aMe"] == pytest.approx(m["ThCcAB.aMe"])
+
+
 # -- the real knee ---------------------------------------------------------------------------------
 def _rows(result, kind=None):
     return {s.name: s for s in result.regions if kind is None or s.kind == kind}
