@@ -7,7 +7,10 @@ Frame (from the bones, never from array axes)
 * superior axis ``e_sup``: the femoral shaft axis - a line fitted through the centroids of 3 mm slabs of
   the femur more than 0.55 × its medio-lateral width above its distal end, leaving out slabs that touch
   the edge of the field of view (needs ≥ 15 mm of shaft and 5 whole slabs); otherwise the tibia → femur centroid direction. ``e_med`` is then made
-  orthogonal to it;
+  orthogonal to it. The cut end of the shaft is found wherever it lies, not only on the array's edge
+  (a label map moved or cropped by one voxel ends one slice inside): slabs where > 3 % of the voxels have
+  no femur above them, every slab above, and one below, are left out (a one-voxel move tilted the axis
+  by 6.8° before);
 * anterior axis ``e_ant`` = ∓ e_sup × e_med (right / left knee; laterality from
   :func:`KneePipelineLib.labels.detect_laterality`), which makes the frame a proper rotation of the
   patient axes for both knees. The patella, when present, must lie anterior to the femur (else a
@@ -28,21 +31,35 @@ Voxel centres of the femoral cartilage are expressed as (ml, ap, si) in the fram
 2. Notch on the axial projection: per 1 mm medio-lateral column the most posterior cartilage; in the
    central 30-70 % of the medio-lateral extent, the column whose most posterior cartilage is the most
    anterior is the intercondylar notch (only the trochlea carries cartilage there). ``ap_notch`` = that
-   edge (3-column median); ``ml_notch`` = centre of the columns within 1 mm of it (the notch roof).
+   edge (mean of 3 neighbouring columns: an average of three voxel extremes rather than one); ``ml_notch``
+   = centre of the columns within 1 mm of it (the notch roof), ends interpolated.
    Fallback: halfway between the tibial plates, and 60 % of the AP extent.
 3. ``ap_post`` = 0.1st percentile of AP (posterior end of the condyles); D = ap_notch − ap_post.
 4. trochlea (11): ap > ap_notch; weight-bearing (12 medial / 13 lateral): ap_notch − 0.6·D ≤ ap ≤
    ap_notch; posterior (14 / 15): behind that. Medial = ml > ml_notch.
-5. Posterior condyle curling over the weight-bearing band: per 1 mm AP slab, weight-bearing cartilage
-   above 0.67·(mean SI of the slab's femoral cartilage) + 0.33·(top SI of all femoral cartilage, 99.9th
-   percentile) moves to posterior 14 / 15.
+5. Posterior condyle curling over the weight-bearing band: per 1 mm AP slab (anchored at the frame's
+   AP 0), weight-bearing cartilage above 0.67·(mean SI of the slab's femoral cartilage) + 0.33·(top SI of
+   all femoral cartilage, 99.9th percentile) moves to posterior 14 / 15.
+
+The landmarks are kept in :class:`FemurRegionInfo`, and :func:`femoral_region_of_points` applies the
+same rule to any point's continuous coordinates: the bone vertices get their femoral region from the
+middle of their cartilage segment (:mod:`.analysis`), not from the voxel map, whose boundaries are voxel
+staircases that change with the grid.
+
+Precision (``bench/bench_region_stability.py``: the sample knee shifted by a voxel or rotated 3-5°,
+nearest neighbour onto the same grid): the frame's axes turn by <= 0.64°, the landmarks, measured in the
+original frame moved with the anatomy, move <= 0.10 mm (the notch edge 0.38 mm with one column's extreme
+voxel), and 0.28 % of the femoral cartilage voxels change region (at most; voxel staircases at the
+boundaries); tested in ``Testing/test_region_stability.py``.
 
 This is the reference's rule (notch from the axial projection, 60 % weight-bearing, the 0.67/0.33
 superior line) in the subject's own physical frame: no similarity registration to a template knee and
 no flipping of left knees, so any acquisition orientation (sagittal, axial, oblique direction
 matrices) and either side give the same regions. On the sample knee and on pymskt's template knee it
 labels 98 % of the femoral cartilage voxels as pymskt 0.1.22 does (before step 1 and the column notch
-rule: 74 % / 73 %; the tibial-plate frame alone: 93 %).
+rule: 74 % / 73 %; the tibial-plate frame alone: 93 %), measured before the precision changes above,
+which relabel 0.46 % of the sample knee's voxels (so >= 97.5 % agreement; pymskt's template knee was not
+available to re-measure).
 
 Tibial cartilage keeps the segmentation's medial (3) / lateral (4) split: the plates are anatomically
 separate (split by the intercondylar eminence, which carries no cartilage), every model we use labels
@@ -133,9 +150,16 @@ def knee_frame(labels, side: str) -> KneeFrame:
         n_sl = int(slab.max()) + 1
         cnt = np.bincount(slab, minlength=n_sl)
         n_cut = np.bincount(slab, weights=cut, minlength=n_sl)
+        n_cap = np.bincount(slab, weights=_top_cap(fem, labels.direction, sup0)[fk, fj, fi][sel], minlength=n_sl)
         sums = np.stack([np.bincount(slab, weights=ps[:, a], minlength=n_sl) for a in range(3)], axis=1)
-        # a slab cut by the field of view has a biased centroid (tilts the axis by up to 10°)
-        ok = (cnt >= 50) & (n_cut == 0)
+        # a slab cut by the field of view has a biased centroid (tilts the axis by up to 10°). The cut is
+        # not always on the array's edge (a label map cropped or moved by a voxel ends one slice inside):
+        # slabs where > 3 % of the voxels have no femur above them (the shaft's own taper: <= 2 %), all
+        # slabs above the lowest of them and one slab below it are left out too
+        trunc = np.flatnonzero((n_cut > 0) | (n_cap > 0.03 * np.maximum(cnt, 1)))
+        ok = cnt >= 50
+        if len(trunc):
+            ok[max(int(trunc.min()) - 1, 0):] = False
         cents = sums[ok] / cnt[ok, None]
         if len(cents) >= 5:
             u, sv, vt = np.linalg.svd(cents - cents.mean(0))
@@ -157,6 +181,21 @@ def knee_frame(labels, side: str) -> KneeFrame:
             warnings.append("The patella is not anterior to the femur in the anatomical frame: check laterality "
                             "and labels.")
     return KneeFrame(c_fem, e_med, e_ant, _unit(e_sup), shaft, warnings)
+
+
+def _top_cap(mask: np.ndarray, direction: np.ndarray, sup: np.ndarray) -> np.ndarray:
+    """Voxels of a [k,j,i] mask with no mask voxel next to them along the array axis nearest to ``sup``,
+    on its superior side (the array's edge counts as outside): the top caps of the mask."""
+    d = np.asarray(sup, float) @ np.asarray(direction, float)        # sup along i, j, k
+    a = int(np.argmax(np.abs(d)))
+    ax = 2 - a                                                       # numpy axis of array axis a
+    step = 1 if d[a] > 0 else -1
+    above = np.zeros_like(mask)
+    src = [slice(None)] * 3
+    dst = [slice(None)] * 3
+    src[ax], dst[ax] = (slice(1, None), slice(0, -1)) if step > 0 else (slice(0, -1), slice(1, None))
+    above[tuple(dst)] = mask[tuple(src)]
+    return mask & ~above
 
 
 def axis_field(volume, box: Tuple[slice, slice, slice], axis: np.ndarray) -> np.ndarray:
@@ -199,6 +238,9 @@ class FemurRegionInfo:
     notch_found: bool
     n_moved_to_posterior: int       # weight-bearing voxels above the superior line
     condylar_rotation_deg: float = 0.0   # femoral frame's rotation about e_sup from the knee frame
+    top_si: float = float("nan")        # superior line's top (99.9th percentile of SI)
+    superior_cut_si: Optional[np.ndarray] = None  # superior line per 1 mm AP slab [floor(ap) - slab_ap0]
+    slab_ap0: int = 0
 
 
 def _posterior_condylar_rotation(ml: np.ndarray, ap: np.ndarray, ml_split: float, iterations: int = 2,
@@ -235,8 +277,8 @@ def _notch(ml: np.ndarray, ap: np.ndarray, bin_mm: float = 1.0):
     Per 1 mm medio-lateral column, the most posterior cartilage (min AP); in the central 30-70 % of
     the medio-lateral extent the column whose most posterior cartilage is the most *anterior* is the
     notch (there only the trochlea carries cartilage; the condyles reach far back on both sides).
-    ``ap_notch`` = that column's posterior cartilage edge (median-of-3 smoothed); ``ml_notch`` = the
-    centre of the contiguous run of columns within 1 mm of it (the notch roof).
+    ``ap_notch`` = that column's posterior cartilage edge (mean of 3 neighbouring columns); ``ml_notch`` =
+    the centre of the contiguous run of columns within 1 mm of it (the notch roof), its ends interpolated.
     """
     b = np.floor(ml / bin_mm).astype(np.int64)
     b0 = int(b.min())
@@ -252,7 +294,9 @@ def _notch(ml: np.ndarray, ap: np.ndarray, bin_mm: float = 1.0):
     if win.sum() < 3:
         return None
     pad = np.concatenate(([mn[0]], mn, [mn[-1]]))
-    sm = np.median(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)
+    # mean (not median) of 3 columns: the edge is then an average of three voxel extremes, not one, and
+    # moves 0.12 instead of 0.38 mm when the knee is re-voxelised (bench/bench_region_stability.py)
+    sm = np.mean(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)
     sm = np.where(win & np.isfinite(sm), sm, -np.inf)
     a = int(np.argmax(sm))
     top = sm[a]
@@ -262,7 +306,15 @@ def _notch(ml: np.ndarray, ap: np.ndarray, bin_mm: float = 1.0):
         l -= 1
     while r + 1 < nb and near[r + 1]:
         r += 1
-    return float(0.5 * (cen[l] + cen[r])), float(top)
+
+    def end(i_in: int, i_out: int) -> float:
+        """Where the profile crosses top - 1 mm between a column inside the run and its outer neighbour
+        (linear; the inner column's centre where the neighbour is missing): ``ml_notch`` is continuous."""
+        if i_out < 0 or i_out >= nb or not np.isfinite(sm[i_out]):
+            return float(cen[i_in])
+        f = (sm[i_in] - (top - 1.0)) / max(float(sm[i_in] - sm[i_out]), 1e-9)
+        return float(cen[i_in] + min(f, 1.0) * (cen[i_out] - cen[i_in]))
+    return 0.5 * (end(l, l - 1) + end(r, r + 1)), float(top)
 
 
 def femoral_subregions(labels, frame: KneeFrame, wb_fraction: float = 0.6, superior_ratio: float = 0.33,
@@ -308,7 +360,10 @@ def femoral_subregions(labels, frame: KneeFrame, wb_fraction: float = 0.6, super
     ant = ap > ap_notch
     wb = ~ant & (ap >= ap_wb_post)
     # 5. superior line per 1 mm AP slab: cartilage above (1-r)·mean SI of the slab + r·top SI is posterior
-    ab = np.floor(ap - ap.min()).astype(np.int64)
+    # slabs anchored at the frame's AP 0 (the femur's centroid), not at the most anterior voxel
+    ab = np.floor(ap).astype(np.int64)
+    slab_ap0 = int(ab.min())
+    ab -= slab_ap0
     cnt = np.bincount(ab)
     mean_si = np.bincount(ab, weights=si) / np.maximum(cnt, 1)
     top = float(np.percentile(si, 99.9))
@@ -318,4 +373,24 @@ def femoral_subregions(labels, frame: KneeFrame, wb_fraction: float = 0.6, super
     code = np.where(ant, 11, np.where(wb, np.where(medial, 12, 13), np.where(medial, 14, 15))).astype(np.uint8)
     out[k, j, i] = code
     return out, FemurRegionInfo(ml_notch, ap_notch, ap_post, ap_wb_post, found is not None,
-                                int(upper.sum()), float(np.degrees(rot))), warnings
+                                int(upper.sum()), float(np.degrees(rot)), top, np.where(cnt > 0, cut, np.inf),
+                                slab_ap0), warnings
+
+
+def femoral_region_of_points(frame: KneeFrame, info: FemurRegionInfo, pts: np.ndarray) -> np.ndarray:
+    """Femoral sub-region code (11-15) of any LPS points by the rule of :func:`femoral_subregions`, applied
+    to their continuous coordinates (e.g. the middle of a bone vertex's cartilage segment): no voxel
+    staircase on the boundaries. Points outside the superior line's slabs get no superior-line test."""
+    c = frame.coords(np.atleast_2d(pts))
+    rot = np.radians(info.condylar_rotation_deg)
+    ml = np.cos(rot) * c[:, 0] + np.sin(rot) * c[:, 1]
+    ap = -np.sin(rot) * c[:, 0] + np.cos(rot) * c[:, 1]
+    medial = ml > info.ml_notch
+    ant = ap > info.ap_notch
+    wb = ~ant & (ap >= info.ap_wb_post)
+    if info.superior_cut_si is not None and len(info.superior_cut_si):
+        ab = np.floor(ap).astype(np.int64) - info.slab_ap0
+        inside = (ab >= 0) & (ab < len(info.superior_cut_si))
+        cut = np.where(inside, info.superior_cut_si[np.clip(ab, 0, len(info.superior_cut_si) - 1)], np.inf)
+        wb &= ~(c[:, 2] > cut)
+    return np.where(ant, 11, np.where(wb, np.where(medial, 12, 13), np.where(medial, 14, 15))).astype(np.uint8)
