@@ -119,6 +119,10 @@ def main(args, progress) -> int:
                                      hint="Give --laterality right or left for a mesh input.")
         laterality = side
     model = load_nsm(args.nsm_dir, device=args.device)
+    from ..shape.memory import check_fit_memory
+
+    check_fit_memory(model, femur, cart, args.samples, args.mesh_resolution, args.precision,
+                     what="The NSM fit")   # before the B-score download and before anything is written
     bmodel = None
     if not args.no_bscore:   # the pipeline's own resolution (steps.nsm), before anything is written
         try:

@@ -151,6 +151,12 @@ def step_nsm(ctx: RunContext) -> None:
             ctx.warn(mps_fallback_warning("the %s model" % model_id, exc))
             model = load_nsm(model_dir, device="cpu")
         _check_nsm_objects(model_id, model, model_dir)
+        from ..shape.memory import check_fit_memory
+
+        est = check_fit_memory(model, femur, cart, o.nsm_samples, o.nsm_mesh_resolution, o.nsm_precision,
+                               what="The nsm step's %s fit" % model_id)   # insufficient_memory before it starts
+        ctx.step_extra.setdefault("nsm", {}).setdefault("memory_estimate_bytes", {})[model_id] = \
+            est["host_bytes"] + est["gpu_bytes"]
         bscore_id = get_model(model_id).config["bscore"]
         try:
             bs_model = load_bscore_for(model_id, model, o.bscore_dir, o.offline, len(ids) == 1,
