@@ -23,8 +23,8 @@ processes, CPU, fp32, the full-size published decoder, 20.8 M parameters, random
 for 10 000 / 20 000 / 40 000 points per step (an earlier run: 881 / 1016 / 1279), the process with the decoder
 loaded and no fit 560 MB, 13 kB per point; estimates 892 / 1027 / 1298 MB (2-4 % above). Meshing at 256 adds
 ~190 MB per object; a whole small-model fit (ICP, 3 steps, meshes at 256, ASSD) peaks at 950 MB, estimate
-976 MB. A full-size bone+cartilage fit with the defaults (2 x 10 000 vertices, meshes at 256): 1.55 GB (the
-published weights are not here, so the full-size figures use random weights: the same arrays).
+976 MB. A full-size bone+cartilage fit with the defaults (2 x 10 000 vertices, meshes at 256): 1553 MB (the
+published weights are not here, so the full-size figures use random weights: the same arrays). MB = 2**20 bytes.
 """
 from __future__ import annotations
 
