@@ -252,3 +252,70 @@ def test_root_sum_of_squares():
     rss = dosma.root_sum_of_squares([e1, e2])
     assert np.allclose(rss.array, 5.0) and rss.same_geometry(e1)
     assert np.allclose(dosma.root_sum_of_squares(np.stack([e1.array, e2.array])), 5.0)
+
+
+# -- CPU arithmetic: channels-last slices, bf16 autocast only where native (docs/SPEED.md) ------------------
+def test_cpu_arithmetic_choice(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv("KNEEPIPELINE_CPU_BF16", "0")
+    assert dosma.cpu_arithmetic(cpu) == {"precision": "fp32", "channels_last": True}
+    monkeypatch.setenv("KNEEPIPELINE_CPU_BF16", "1")
+    assert dosma.cpu_arithmetic(cpu) == {"precision": "bf16-autocast", "channels_last": True}
+    assert dosma.cpu_arithmetic(cuda) == {"precision": "fp32", "channels_last": False}
+    monkeypatch.delenv("KNEEPIPELINE_CPU_BF16")
+    from KneePipelineLib.segmentation.cpu_speed import native_bf16
+
+    assert dosma.cpu_arithmetic(cpu)["precision"] == ("bf16-autocast" if native_bf16() else "fp32")
+
+
+def _keras_fixture(name):
+    from KneePipelineLib.segmentation.keras_h5 import load_keras_model
+
+    ref = np.load(FIX / (name + ".npz"))
+    net = load_keras_model(FIX / (name + ".h5"))
+    cf = net.data_format == "channels_first"
+    slices = ref["x"][:, 0] if cf else ref["x"][..., 0]
+    keras_p = ref["y"] if cf else np.moveaxis(ref["y"], -1, 1)
+    return net, slices, keras_p
+
+
+FP32_NCHW = {"precision": "fp32", "channels_last": False}
+FP32_CL = {"precision": "fp32", "channels_last": True}
+BF16_CL = {"precision": "bf16-autocast", "channels_last": True}
+
+
+@pytest.mark.parametrize("name", ["unet_channels_first", "unet_channels_last", "unet_nonsquare_channels_first"])
+def test_cpu_fast_path_matches_keras(name):
+    """The DOSMA-like U-Nets written by TensorFlow: the CPU path (batch norm folded, channels-last slices) gives
+    Keras's probabilities (float16 storage) and labels; bf16 autocast stays within the measured tolerance and
+    gives the same label wherever fp32 decides by a margin."""
+    net, slices, keras_p = _keras_fixture(name)
+    assert len(net.folded) >= 10
+    cpu = torch.device("cpu")
+    p_ref = dosma.predict_slices(net, slices, 2, cpu, keep_probabilities=True, arithmetic=FP32_NCHW).astype(np.float32)
+    p_cl = dosma.predict_slices(net, slices, 2, cpu, keep_probabilities=True, arithmetic=FP32_CL).astype(np.float32)
+    assert np.abs(p_cl - keras_p).max() < 1e-3 and np.abs(p_cl - p_ref).max() < 1e-3
+    labels = dosma.predict_slices(net, slices, 2, cpu, arithmetic=FP32_CL)
+    assert np.array_equal(labels, keras_p.argmax(1)) and len(np.unique(labels)) >= 2
+    p_bf = dosma.predict_slices(net, slices, 2, cpu, keep_probabilities=True, arithmetic=BF16_CL).astype(np.float32)
+    diff = np.abs(p_bf - keras_p).max()
+    assert 2e-3 < diff < 0.05, diff   # bf16 really ran (fp32 + float16 storage: < 3e-4) and stays within 0.05
+    top2 = np.sort(keras_p, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > 0.05
+    assert decided.mean() > 0.8
+    assert np.array_equal(p_bf.argmax(1)[decided], keras_p.argmax(1)[decided])
+
+
+def test_bf16_forced_segments_like_fp32(tmp_path, monkeypatch):
+    """The whole 2D path with bf16 forced (as on a native-bf16 CPU): same box, Dice >= 0.99 against fp32, and
+    the model record says which arithmetic ran."""
+    img = box_volume(ACQUISITIONS["oblique"])
+    threshold_model(tmp_path / "m.h5", threshold=(105.0 - img.array.mean()) / img.array.std())
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("KNEEPIPELINE_CPU_BF16", flag)
+        res[flag] = dosma.predict_dosma(img, entry("sagittal"), tmp_path, RunOptions(device="cpu"), None)
+    a, b = res["0"].labels.array == 1, res["1"].labels.array == 1
+    assert a.sum() > 100
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
+    assert res["0"].model["arithmetic"] == FP32_CL and res["1"].model["arithmetic"] == BF16_CL

@@ -15,6 +15,8 @@ registry's ``config["size"]``):
    "close" (scipy ``zoom`` differs in its anti-aliasing; torch bicubic is a different kernel).
 3. z-score with the whole resized volume's mean and std (eps 1e-8).
 4. Batched slice prediction (``options.batch_size``; default 4 on CPU, 16 on a GPU), softmax -> argmax.
+   On a CPU the slices go in channels-last memory order, BatchNormalization is folded into the convolution
+   before it, and bf16 autocast is used only where the CPU has native bf16 (docs/SPEED.md, "DOSMA 2D nets").
 5. Back to the slice size with nearest neighbour (index of the half-pixel-centred source), undo the
    reorientation, remap to canonical labels, largest component per label + bone hole filling.
 
@@ -201,11 +203,27 @@ def _report(progress: ProgressFn, fraction: float, message: str = "") -> None:
         progress(float(fraction), message)
 
 
+def cpu_arithmetic(device: Any) -> Dict[str, Any]:
+    """How the 2D nets run on ``device``: on a CPU, slices in channels-last memory order (oneDNN's native 2-D
+    layout: measured faster, identical arithmetic) and bf16 autocast only where the CPU has native bf16
+    (:func:`.cpu_speed.use_cpu_bf16`, ``KNEEPIPELINE_CPU_BF16``); elsewhere what the device does."""
+    from .cpu_speed import use_cpu_bf16
+
+    if getattr(device, "type", "cpu") != "cpu":
+        return {"precision": "fp32", "channels_last": False}
+    return {"precision": "bf16-autocast" if use_cpu_bf16() else "fp32", "channels_last": True}
+
+
 def predict_slices(net: Any, slices: np.ndarray, batch_size: int, device: Any, progress: ProgressFn = None,
-                   lo: float = 0.0, hi: float = 1.0, keep_probabilities: bool = False) -> np.ndarray:
-    """(S, H, W) normalised slices -> labels (S, H, W) uint8, or probabilities (S, C, H, W) float16."""
+                   lo: float = 0.0, hi: float = 1.0, keep_probabilities: bool = False,
+                   arithmetic: Optional[Dict[str, Any]] = None) -> np.ndarray:
+    """(S, H, W) normalised slices -> labels (S, H, W) uint8, or probabilities (S, C, H, W) float16.
+    ``arithmetic``: :func:`cpu_arithmetic`'s choice (default: the one for ``device``)."""
+    import contextlib
+
     import torch
 
+    how = cpu_arithmetic(device) if arithmetic is None else arithmetic
     channels_first = net.data_format == "channels_first"
     out = None
     n = slices.shape[0]
@@ -213,7 +231,11 @@ def predict_slices(net: Any, slices: np.ndarray, batch_size: int, device: Any, p
         for start in range(0, n, batch_size):
             x = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(device)
             x = x.unsqueeze(1) if channels_first else x.unsqueeze(-1)
-            y = net(x)
+            if how.get("channels_last") and channels_first:  # (channels-last Keras files already are)
+                x = x.contiguous(memory_format=torch.channels_last)
+            bf16 = how.get("precision") == "bf16-autocast"
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                y = net(x)
             if not channels_first:
                 y = y.permute(0, 3, 1, 2)
             if keep_probabilities:
@@ -305,7 +327,8 @@ def run_plane(image: Volume, entry: Any, model_path: Path, options: Any, progres
     info = {"id": entry.id, "backend": "keras_unet", "plane": entry.plane, "file": path.name,
             "orientation": list(orientation), "frame": fmap.describe(), "model_input_size": list(size), "device": str(device),
             "batch_size": batch, "keras_version": getattr(net, "keras_info", {}).get("keras_version"),
-            "data_format": net.data_format,
+            "data_format": net.data_format, "arithmetic": cpu_arithmetic(device),
+            "folded_batchnorms": len(getattr(net, "folded", {}) or {}),
             "resize": "skimage.transform.resize order=3 (anti-aliased when shrinking); back: "
                       + ("bilinear probabilities" if probabilities else "nearest labels")}
     out: Dict[str, Any] = {"info": info, "warnings": warnings}

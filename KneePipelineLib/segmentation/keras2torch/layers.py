@@ -76,7 +76,7 @@ def run_layer(layer: Dict[str, Any], args: List[_T], w: Callable[[str], Any]) ->
         a = t.axis(int(axis))
         shape = [1] * t.x.dim()
         shape[a] = -1
-        y = t.x * w("scale").view(shape) + w("shift").view(shape)
+        y = torch.addcmul(w("shift").view(shape), t.x, w("scale").view(shape))  # x * scale + shift, one pass
         return _T(y, t.cf)
     if cls == "Activation":
         return apply_activation(args[0], c.get("activation"))
@@ -86,6 +86,8 @@ def run_layer(layer: Dict[str, Any], args: List[_T], w: Callable[[str], Any]) ->
         slope = float(c.get("negative_slope", 0.0) or 0.0)
         thr = float(c.get("threshold", 0.0) or 0.0)
         maxv = c.get("max_value")
+        if slope == 0.0 and thr == 0.0 and maxv is None:  # the plain ReLU: one pass
+            return _T(F.relu(x), t.cf)
         y = torch.where(x >= thr, x, slope * (x - thr))
         if maxv is not None:
             y = torch.clamp(y, max=float(maxv))
@@ -101,6 +103,8 @@ def run_layer(layer: Dict[str, Any], args: List[_T], w: Callable[[str], Any]) ->
         if t.cf:
             alpha = alpha.permute(0, 3, 1, 2)
         x = t.x
+        if x.dim() >= 2 and alpha.numel() == x.shape[1] and alpha.shape[1] == x.shape[1]:
+            return _T(F.prelu(x, alpha.reshape(-1)), t.cf)  # one slope per stored channel: one pass
         return _T(torch.where(x >= 0, x, alpha * x), t.cf)
     if cls == "Softmax":
         t = args[0]

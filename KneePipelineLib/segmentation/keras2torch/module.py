@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ...errors import ModelInvalidError
+from .fold import fold_into_conv, foldable_batchnorms
 from .graph import (SUPPORTED_LAYERS, _T, _activation, _activation_name, _as_ref_list, _inbound_refs,
                     _sequential_to_functional)
 from .h5file import model_data_format, read_keras_h5
@@ -29,7 +30,7 @@ def _build_module_class():
         """Executes a Keras functional graph; weights are torch buffers (``.to(device)`` moves them)."""
 
         def __init__(self, config: Dict[str, Any], weights: Dict[str, Dict[str, np.ndarray]],
-                     source: str = "") -> None:
+                     source: str = "", fold_batchnorm: bool = True) -> None:
             super().__init__()
             self.source = source
             cls = config.get("class_name")
@@ -52,7 +53,14 @@ def _build_module_class():
                 layer["name"] = name
                 by_name[name] = layer
                 self._check_supported(layer)
-                self._register_weights(layer, weights.get(name, {}))
+            tw = {layer["name"]: torch_weights(layer, weights.get(layer["name"], {})) for layer in self.layers_cfg}
+            # BatchNormalization folded into the Conv2D before it (fold.py): one pass per feature map, not three
+            self.folded: Dict[str, str] = foldable_batchnorms(self.layers_cfg, self.output_refs) if fold_batchnorm else {}
+            for bn, conv in self.folded.items():
+                tw[conv], tw[bn] = fold_into_conv(tw[conv], tw[bn]), {}
+            for layer in self.layers_cfg:
+                for short, arr in tw[layer["name"]].items():
+                    self.register_buffer(self._key(layer["name"], short), torch.from_numpy(arr))
             for ref in self.input_refs:
                 lc = by_name[ref[0]]["config"]
                 shape = lc.get("batch_input_shape") or lc.get("batch_shape")
@@ -90,10 +98,6 @@ def _build_module_class():
             key = "w%d_%s" % (len(self._keys), wname)
             self._keys[layer_name + "/" + wname] = key
             return key
-
-        def _register_weights(self, layer: Dict[str, Any], w: Dict[str, np.ndarray]) -> None:
-            for short, arr in torch_weights(layer, w).items():
-                self.register_buffer(self._key(layer["name"], short), torch.from_numpy(arr))
 
         def _w(self, layer_name: str, short: str):
             key = self._keys.get(layer_name + "/" + short)
@@ -135,6 +139,9 @@ def _build_module_class():
                 values[(ref[0], ref[1])] = [_T(x)]
             for layer, ni, refs in self._order:
                 args = [values[(r[0], r[1])][r[2]] for r in refs]
+                if layer["name"] in self.folded:  # its arithmetic is in the convolution's weights
+                    values[(layer["name"], ni)] = [args[0]]
+                    continue
                 out = run_layer(layer, args, lambda short, n=layer["name"]: self._w(n, short))
                 values[(layer["name"], ni)] = [out]
             outs = [values[(r[0], r[1])][r[2]].keras() for r in self.output_refs]
@@ -155,22 +162,25 @@ def keras_graph_class():
     return _MODULE_CLASS
 
 
-def build_keras_graph(config: Dict[str, Any], weights: Dict[str, Dict[str, np.ndarray]], source: str = ""):
-    """Build the torch module from an already parsed config and weights (used by tests and the benchmark)."""
-    return keras_graph_class()(config, weights, source)
+def build_keras_graph(config: Dict[str, Any], weights: Dict[str, Dict[str, np.ndarray]], source: str = "",
+                      fold_batchnorm: bool = True):
+    """Build the torch module from an already parsed config and weights (used by tests and the benchmark).
+    ``fold_batchnorm=False`` keeps every BatchNormalization as its own multiply-add (the unfolded reference)."""
+    return keras_graph_class()(config, weights, source, fold_batchnorm)
 
 
-def load_keras_model(path: str | Path, device: str = "cpu"):
+def load_keras_model(path: str | Path, device: str = "cpu", fold_batchnorm: bool = True):
     """Load a Keras 2 ``.h5`` model as a ``torch.nn.Module`` in eval mode on ``device``.
 
     The module maps a float32 tensor in the file's own layout (e.g. ``(N, 1, H, W)`` for channels-first)
     to the file's output (for the DOSMA U-Nets: softmax probabilities, same layout). Attributes:
     ``input_shapes`` (the stored batch input shapes), ``data_format`` ("channels_first" or
-    "channels_last", from the first convolution), ``keras_info`` (keras_version, backend).
+    "channels_last", from the first convolution), ``keras_info`` (keras_version, backend), ``folded``
+    ({BatchNormalization: Conv2D} folded into the convolution's weights; ``fold_batchnorm=False``: none).
     """
     config, weights, info = read_keras_h5(path)
     try:
-        module = build_keras_graph(config, weights, source=Path(path).name)
+        module = build_keras_graph(config, weights, source=Path(path).name, fold_batchnorm=fold_batchnorm)
     except ModelInvalidError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
