@@ -280,8 +280,8 @@ def test_external_is_medial_on_medial_plates_lateral_on_lateral(side, real_knee_
 
 # measures of the Euclidean thickness still weighted by the cartilage's triangle vertex areas in
 # analysis._standard_measures_inputs (mesh.vertex_areas): ThCAC.P05 of a mirrored knee differs by up to 1.5 %
-# there (measured 1.49 % aMT); with bone_interface.surface_vertex_areas it agrees to 0.0001 %
-# (/work/helpers/notes-mirror.md)
+# there (measured 1.49 % aMT at c6c18d2, 0.90 % at c2cbf8a); with bone_interface.surface_vertex_areas it agrees
+# to 0.0001 % (/work/helpers/notes-mirror.md)
 MIRROR_PENDING = {"ThCAC.P05": 0.02}
 
 

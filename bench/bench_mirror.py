@@ -73,7 +73,8 @@ def main() -> None:
         b = left.get(name, {})
         diff[name] = {k: (abs(b[k] - a[k]) / abs(a[k]) * 100.0 if b.get(k) is not None and a[k] else None)
                       for k in C.MEASURE_NAMES if isinstance(a.get(k), (int, float))}
-    print("mirrored sample knee, %s: |left - right| / right in %%" % ("triangles" if args.triangles else "cell-polygon fan"))
+    on = "triangles" if args.triangles else "cell-polygon fan"
+    print("mirrored sample knee, %s: |left - right| / right in %%" % on)
     print("%-6s" % "" + "".join("%12s" % k for k in TABLE))
     subs = [s.name for s in C.SUBREGIONS] + ["MFTC", "LFTC"]
     for n in subs:
@@ -87,7 +88,7 @@ def main() -> None:
     for k, (e, name) in sorted(worst.items(), key=lambda x: -x[1][0]):
         print("  %-12s %.4f %% (%s)" % (k, e, name))
     write_result("mirror" + ("-triangles" if args.triangles else ""), {
-        "labels": args.labels, "on": "triangles" if args.triangles else "cell-polygon fan",
+        "labels": args.labels, "on": on,
         "cpu_s": cpu, "max_percent": {k: {"percent": e, "row": n} for k, (e, n) in worst.items()},
         "percent": {n: diff[n] for n in subs}})
 
