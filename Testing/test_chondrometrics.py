@@ -404,6 +404,10 @@ def test_real_knee_compartments_in_results_and_mirrored(real_knee_morphometry, l
         assert 2.5 < comp[name]["ThCtAB.aMe"] < 7.0
     flat = flatten_results({"regions": rows + list(comp.values())})
     assert flat["MFTC_ThCtAB.aMe"] == comp["MFTC"]["ThCtAB.aMe"] and flat["LFTC_VC"] == comp["LFTC"]["VC"]
+    from KneePipelineLib.report.standard import measure_table     # the report's Chondrometrics table
+
+    html = measure_table(rows + list(comp.values()), dict(C.UNITS))
+    assert "<td>MFTC</td>" in html and "<td>LFTC</td>" in html and "%.2f" % comp["MFTC"]["ThCtAB.aMe"] in html
     left = {r["name"]: r for r in C.compartment_rows(_region_rows(left_knee_morphometry))}
     for name in comp:
         for k in C.COMPARTMENT_SUMMED_AREAS + C.COMPARTMENT_SUMMED_THICKNESS + ("dAB%",):
