@@ -20,23 +20,20 @@ from KneePipelineLib.progress import Progress
 ROOT = Path(__file__).resolve().parents[1]
 
 
-sample_digest = [None]
-
-
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory, sample_labels_path):
-    out = tmp_path_factory.mktemp("run")
-    sample_digest[0] = hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
-    events = []
-    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", report=False)
-    manifest = run(opts, Progress(sink=events.append), command="analyze")
-    return out, manifest, events
+def sample_run(sample_analyze_run):
+    """The session's one real `analyze` of the sample (conftest: the CLI in a subprocess, report on; shared
+    with test_slicer_io): folder, manifest, the JSON-lines progress events."""
+    from KneePipelineLib.manifest import load_manifest
+
+    out = sample_analyze_run["dir"]
+    return out, load_manifest(str(out)), sample_analyze_run["events"]
 
 
 def test_every_step_runs_and_the_manifest_is_complete(sample_run):
     out, manifest, events = sample_run
     assert manifest.status == "complete"
-    assert [s for s in manifest.steps] == ["input", "morphometry", "results", "bundle"]
+    assert [s for s in manifest.steps] == ["input", "morphometry", "results", "report", "bundle"]
     assert all(s["status"] == "complete" and s["seconds"] >= 0 for s in manifest.steps.values())
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["status"] == "complete" and on_disk["options"]["label_convention"] == "pymskt"
@@ -93,8 +90,7 @@ def test_resume_skips_a_complete_run_with_the_same_options(sample_run, sample_la
     out, _, _ = sample_run
     before = (out / "manifest.json").stat().st_mtime_ns
     events = []
-    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", report=False,
-                      resume=True)
+    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", resume=True)
     t0 = time.time()
     run(opts, Progress(sink=events.append))
     assert time.time() - t0 < 2.0
@@ -136,13 +132,14 @@ def test_sigterm_to_the_process_group_cancels_cleanly(tmp_path, sample_labels_pa
     assert not (tmp_path / "results.json").exists()
 
 
-def test_inputs_are_never_modified(sample_run, sample_labels_path):
-    assert sample_digest[0] == hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
+def test_inputs_are_never_modified(sample_run, sample_analyze_run, sample_labels_path):
+    assert sample_analyze_run["input_sha256"] == hashlib.sha256(sample_labels_path.read_bytes()).hexdigest()
 
 
-def test_t2_step_adds_regional_rows_a_map_and_surface_t2(tmp_path, sample_labels_path, mese_dir):
-    # plumbing only: the MESE series is a different knee, resampled onto the label map's grid
-    opts = RunOptions(out_dir=str(tmp_path), labels=str(sample_labels_path), label_convention="pymskt",
+def test_t2_step_adds_regional_rows_a_map_and_surface_t2(tmp_path, coarse_knee_path, mese_dir):
+    # plumbing only: the MESE series is a different knee, resampled onto the label map's grid (the real knee on
+    # a 3 x 3 x 2 coarser grid, conftest: the T2 step, not the label map's size, is under test)
+    opts = RunOptions(out_dir=str(tmp_path), labels=str(coarse_knee_path), label_convention="canonical",
                       echoes=[str(mese_dir)], report=False)
     m = run(opts)
     assert m.steps["t2"]["status"] == "complete"
@@ -174,7 +171,7 @@ def test_a_step_time_limit_names_the_step(tmp_path, sample_labels_path):
     assert m["steps"]["input"]["status"] == "complete" and m["steps"]["morphometry"]["status"] == "failed"
 
 
-def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_labels_path, mese_dir):
+def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, coarse_knee_path, mese_dir):
     import shutil
 
     from KneePipelineLib.io import dicom
@@ -186,7 +183,7 @@ def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_label
         for f in groups[te]:
             shutil.copy(f, pair / Path(f).name)
     out = tmp_path / "out"
-    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt",
+    opts = RunOptions(out_dir=str(out), labels=str(coarse_knee_path), label_convention="canonical",
                       echoes=[str(pair)], report=False, qdess_params={"t1_ms": 1200.0})
     run(opts)
     doc = json.loads((out / "results.json").read_text())
@@ -198,11 +195,7 @@ def test_two_echoes_run_the_qdess_estimator_and_record_it(tmp_path, sample_label
 
 
 # -- the late-failure contract, step by step (issue: results.json kept after a late step failed) ----------
-@pytest.fixture(scope="module")
-def coarse_knee_path(tmp_path_factory, sample_labels_path):
-    from bad_inputs import coarse_knee
-
-    return coarse_knee(sample_labels_path, tmp_path_factory.mktemp("knee") / "knee.nrrd")
+# coarse_knee_path: conftest (the real knee on a 3 x 3 x 2 coarser grid, one per session)
 
 
 def _analyze_opts(out, knee, **kw):

@@ -6,8 +6,6 @@ A contract folder written here (oblique geometry) and the module's offline sampl
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +90,9 @@ def _with_geometry(img, ref):
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory, sample_labels_path):
-    """One real `analyze` run on the sample label map per session."""
-    out = tmp_path_factory.mktemp("slicer_io") / "real_run"
-    proc = subprocess.run([sys.executable, "-m", "KneePipelineLib", "--quiet-progress", "analyze",
-                           "--labels", str(sample_labels_path), "--label-convention", "pymskt", "--out", str(out)],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, "analyze failed on the sample label map:\n%s" % proc.stderr[-3000:]
-    return {"dir": out, "real": True}
+def pipeline_run(sample_analyze_run):
+    """One real `analyze` run on the sample label map per session (conftest: shared with test_pipeline)."""
+    return {"dir": sample_analyze_run["dir"], "real": True}
 
 
 def _new_scene():
