@@ -72,11 +72,13 @@ def test_real_pipeline_failure_surfaces_message_and_hint(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_pipeline_streams_steps_in_order(tmp_path, sample_labels_path):
+def test_real_pipeline_streams_steps_in_order(tmp_path, coarse_knee_path):
+    # the real knee on a 3 x 3 x 2 coarser grid (conftest): every step, in a few seconds
+    knee = coarse_knee_path
     out = tmp_path / "run"
     seen = []
-    run = R.start_pipeline(sys.executable, ["analyze", "--labels", str(sample_labels_path),
-                                            "--label-convention", "pymskt", "--no-report", "--out", str(out)],
+    run = R.start_pipeline(sys.executable, ["analyze", "--labels", str(knee),
+                                            "--label-convention", "canonical", "--no-report", "--out", str(out)],
                            on_event=seen.append, out_dir=str(out))
     status = run.wait(timeout=170)
     steps = [e for e in seen if e["event"] == "step"]
