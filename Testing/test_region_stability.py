@@ -74,3 +74,15 @@ def test_femoral_regions_follow_the_anatomy_when_the_knee_is_revoxelised(
     assert max(abs(moves[k]) for k in ("ap_post", "ap_notch", "ap_wb_post")) <= max_landmark_mm
     assert abs(moves["ml_notch"]) <= 0.5
     assert relabelled <= max_relabelled_pct
+
+
+def test_vertex_rule_is_the_voxel_rule_on_the_real_knee(real_knee_labels, original):
+    """femoral_region_of_points (bone vertices) applies the voxel map's rule: at the voxel centres of the
+    real knee (femoral frame turned -10° from the tibial one) it gives every voxel its region."""
+    from KneePipelineLib.morphometry.regions import femoral_region_of_points
+
+    frame, regions, info = original
+    k, j, i = np.nonzero(real_knee_labels.array == L.FEMORAL_CARTILAGE)
+    pts = real_knee_labels.ijk_to_lps(np.stack([i, j, k], axis=1).astype(float))
+    assert abs(info.condylar_rotation_deg) > 5.0
+    assert np.array_equal(femoral_region_of_points(frame, info, pts), regions[k, j, i])

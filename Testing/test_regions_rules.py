@@ -7,7 +7,7 @@ import pytest
 
 from KneePipelineLib import labels as L
 from KneePipelineLib.io import Volume
-from KneePipelineLib.morphometry.regions import KneeFrame, femoral_subregions
+from KneePipelineLib.morphometry.regions import KneeFrame, femoral_region_of_points, femoral_subregions
 
 H = 0.5                       # mm, isotropic voxels
 C_AP, C_SI = 0.0, 22.0        # condyle circle centre in the AP-SI plane (mm)
@@ -91,8 +91,14 @@ def test_synthetic_condyles_every_rule_decides_the_known_voxels(synthetic, side)
     assert curl.sum() > 300
     assert info.n_moved_to_posterior >= curl.sum()
     assert np.all(code[curl & medial_x] == 14) and np.all(code[curl & ~medial_x] == 15)
+    # the line's top is the highest femoral cartilage (the trochlea's top, SI 70 mm; a 90th percentile: 61 mm)
+    assert info.top_si == pytest.approx(TROCHLEA_SI[1], abs=0.5)
     # nothing else changed
     assert np.all(code[vol.array == 0] == 0)
+    # the same rule on continuous coordinates (how bone vertices get their region) gives every voxel's region
+    k, j, i = np.nonzero(vol.array)
+    pts = vol.ijk_to_lps(np.stack([i, j, k], axis=1).astype(float))
+    assert np.array_equal(femoral_region_of_points(_frame(side), info, pts), code[k, j, i])
 
 
 def _centroid(vol, mask):

@@ -46,11 +46,13 @@ same rule to any point's continuous coordinates: the bone vertices get their fem
 middle of their cartilage segment (:mod:`.analysis`), not from the voxel map, whose boundaries are voxel
 staircases that change with the grid.
 
-Precision (``bench/bench_region_stability.py``: the sample knee shifted by a voxel or rotated 3-5°,
-nearest neighbour onto the same grid): the frame's axes turn by <= 0.64°, the landmarks, measured in the
-original frame moved with the anatomy, move <= 0.10 mm (the notch edge 0.38 mm with one column's extreme
-voxel), and 0.28 % of the femoral cartilage voxels change region (at most; voxel staircases at the
-boundaries); tested in ``Testing/test_region_stability.py``.
+Precision (``bench/bench_region_stability.py``, 10 variants: the sample knee shifted by a voxel or
+rotated 3-5°, nearest neighbour onto the same grid): the frame's axes do not turn under shifts (6.97°
+before the cut-aware shaft axis) and turn <= 1.26° under rotations; the landmarks, measured in the
+original frame moved with the anatomy, move <= 0.12 mm (ap_post 0.10, ap_notch 0.12 - 0.46 with one
+column's extreme voxel -, weight-bearing/posterior boundary 0.06; ml_notch 0.40); <= 0.34 % of the
+femoral cartilage voxels change region (1.21 % before; what remains are voxel staircases on the
+boundaries, which the bone vertices do not see). Tested in ``Testing/test_region_stability.py``.
 
 This is the reference's rule (notch from the axial projection, 60 % weight-bearing, the 0.67/0.33
 superior line) in the subject's own physical frame: no similarity registration to a template knee and
