@@ -88,8 +88,10 @@ def test_manifest_says_which_model_files_produced_the_fit(nsm_run):
     assert bs["verified"] is False and bs["pinned_revision"] == get_model("bscore_bone_only").source.revision
 
 
-def test_bone_cartilage_request_with_a_bone_only_model_is_refused(tmp_path, sample_labels_path):
-    opts = RunOptions(out_dir=str(tmp_path / "out"), labels=str(sample_labels_path), label_convention="pymskt",
+def test_bone_cartilage_request_with_a_bone_only_model_is_refused(tmp_path, coarse_knee_path):
+    # the NSM step comes after morphometry: the real knee on a 3 x 3 x 2 coarser grid (conftest) gets there fast
+    knee = coarse_knee_path
+    opts = RunOptions(out_dir=str(tmp_path / "out"), labels=str(knee), label_convention="canonical",
                       nsm="bone_cartilage", nsm_dir=str(SMALL), nsm_iterations=2, report=False)
     with pytest.raises(ModelInvalidError, match="bone \\+ cartilage"):
         run(opts, Progress(sink=lambda e: None), command="analyze")
