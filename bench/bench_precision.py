@@ -27,6 +27,8 @@ from KneePipelineLib.morphometry import analyze_labels  # noqa: E402
 
 # the regional mean (over the covered area), the per-vertex mean (a property of the mesh), the median
 STATS = ("thickness_mean_mm", "thickness_vertex_mean_mm", "thickness_median_mm")
+# and the row's cartilage volume (voxel count): how much of the region's cartilage the region rule moved
+VOLUME = ("cartilage_volume_mm3",)
 
 
 def revoxelise(vol: Volume, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)) -> Volume:
@@ -70,7 +72,7 @@ def rel_changes(base, other):
     for key in a:
         if key not in b:
             continue
-        out["%s:%s" % key] = {st: 100.0 * (getattr(b[key], st) / getattr(a[key], st) - 1.0) for st in STATS
+        out["%s:%s" % key] = {st: 100.0 * (getattr(b[key], st) / getattr(a[key], st) - 1.0) for st in STATS + VOLUME
                               if getattr(a[key], st) and getattr(b[key], st) is not None}
     return out
 
