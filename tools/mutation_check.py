@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 T_REG = ["Testing/test_regions_rules.py"]
 T_REG_SYN = ["Testing/test_regions_rules.py::test_synthetic_condyles_every_rule_decides_the_known_voxels"]
+T_STAB = ["Testing/test_region_stability.py::test_femoral_regions_follow_the_anatomy_when_the_knee_is_revoxelised"]
 T_PH = ["Testing/test_phantoms.py"]
 T_PH_STATS = ["Testing/test_phantoms.py::test_regional_statistics_weight_by_area_not_by_vertex_count"]
 T_PH_SPHERE = ["Testing/test_phantoms.py::test_thickness_is_unbiased_on_an_oblique_sphere_at_the_sample_voxels"]
@@ -84,6 +85,13 @@ MUTATIONS: List[Mutation] = [
       "e_ant = -np.cross(e_sup, e_med)", "left knees get a posterior-pointing anterior axis", T_REG),
     M("regions-superior-sign", MORPH + "regions.py", "upper = wb & (si > cut[ab])", "upper = wb & (si < cut[ab])",
       "superior line moves the distal instead of the upper cartilage", T_REG_SYN),
+    M("regions-notch-extreme-voxel", MORPH + "regions.py",
+      "sm = np.mean(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)",
+      "sm = np.median(np.stack([pad[:-2], pad[1:-1], pad[2:]]), axis=0)",
+      "notch edge from one column's extreme voxel (median of 3) instead of 3 columns' mean", T_STAB),
+    M("regions-shaft-cut-at-fov-edge-only", MORPH + "regions.py",
+      "trunc = np.flatnonzero((n_cut > 0) | (n_cap > 0.03 * np.maximum(cnt, 1)))",
+      "trunc = np.flatnonzero(n_cut > 0)", "shaft axis leaves out only slabs on the array's edge", T_STAB),
     # -- thickness
     M("thickness-scale", MORPH + "raycast.py", 'if thickness_rule == "integral" else t_out - t_in',
       'if thickness_rule == "integral" else (t_out - t_in) * 1.015', "all thickness values x 1.015",
@@ -94,7 +102,7 @@ MUTATIONS: List[Mutation] = [
     M("thickness-scale-mesh-path", MORPH + "raycast.py", "        thickness[rv] = t_out - t_in\n",
       "        thickness[rv] = (t_out - t_in) * 1.015\n", "thickness x 1.015 on the exact-mesh path", T_MORPH),
     M("thickness-integral-from-entry", MORPH + "raycast.py",
-      "start = np.max(np.where(valley & (k_all <= e[:, None]), k_all, 0), axis=1)", "start = e + 1",
+      "start = np.max(np.where(valley & (k_all <= e_b[:, None]), k_all, 0), axis=1)", "start = e_b + 1",
       "the layer's integral starts at its 0.5 entry (the rising flank lost)", T_PH_SPHERE),
     M("thickness-integral-is-crossings", MORPH + "raycast.py",
       'thickness[rv] = integ[rv] if thickness_rule == "integral" else t_out - t_in', "thickness[rv] = t_out - t_in",
@@ -114,14 +122,16 @@ MUTATIONS: List[Mutation] = [
       "inward-facing meshes when det(direction) < 0", T_MORPH),
     # -- regional statistics
     M("stats-area-weighting", MORPH + "analysis.py",
-      "float((t * w).sum() / w.sum()) if w.sum() > 0 else float(t.mean())", "float(t.mean())",
+      "mean = float(tau[sel].sum() / covered)", "mean = float(t.mean())",
       "area-weighted mean replaced by a plain mean", T_PH_STATS),
     M("stats-coverage-by-count", MORPH + "analysis.py",
-      "cov = float(area[ok].sum() / plate) if plate > 0 else None", "cov = float(nv / n) if n else None",
+      "cov = covered / plate if plate > 0 else None", "cov = float(nv / n) if n else None",
       "coverage by vertex count instead of area", T_PH_STATS),
+    M("stats-edge-at-vertices", MORPH + "mesh.py", "s1 = fr[:, 0] / (fr[:, 0] - fr[:, 1])", "s1 = 0.5 + 0 * fr[:, 0]",
+      "the covered area's edge halfway between vertices, not where the level crosses 0", T_PH),
     M("stats-vertex-area", MORPH + "mesh.py", "weights=area / 3.0", "weights=area / 2.0",
       "vertex area = half (not a third) of the adjacent triangles", T_PH_STATS),
-    M("stats-median", MORPH + "analysis.py", "float(np.median(t))", "float(np.mean(t))",
+    M("stats-median", MORPH + "analysis.py", "_weighted_median(t, w), mean)", "float(np.mean(t)), mean)",
       "median replaced by the mean", T_PH_STATS),
     # -- T2
     M("t2-floor-root-mean-square", "KneePipelineLib/t2/mese.py", "    mean = np.where(pos, mean, a)\n",
