@@ -13,7 +13,7 @@ import pytest
 from KneePipelineLib.cli import main
 from KneePipelineLib.errors import EXIT_CODES
 
-from bad_inputs import coarse_knee, corpus, counts_by_kind
+from bad_inputs import corpus, counts_by_kind
 from odd_inputs import region_means
 
 _CASES = {c.name: c for c in corpus()}
@@ -22,10 +22,11 @@ MAX_MESSAGE_CHARS = 600
 
 
 @pytest.fixture(scope="session")
-def knee_and_reference(tmp_path_factory, sample_labels_path):
-    """The coarse real knee and its regional means, analysed as given (the odd copies must reproduce them)."""
+def knee_and_reference(tmp_path_factory, coarse_knee_path):
+    """The coarse real knee (conftest) and its regional means, analysed as given (the odd copies must reproduce
+    them)."""
     d = tmp_path_factory.mktemp("knee")
-    knee = coarse_knee(sample_labels_path, d / "knee.nrrd")
+    knee = coarse_knee_path
     out = d / "out"
     assert main(["--quiet-progress", "analyze", "--labels", str(knee), "--label-convention", "canonical",
                  "--no-report", "--out", str(out)]) == 0
