@@ -278,11 +278,9 @@ def test_external_is_medial_on_medial_plates_lateral_on_lateral(side, real_knee_
     assert ml["ecMF"] > ml["ccMF"] > ml["icMF"] > ml["icLF"] > ml["ccLF"] > ml["ecLF"]
 
 
-# measures of the Euclidean thickness still weighted by the cartilage's triangle vertex areas in
-# analysis._standard_measures_inputs (mesh.vertex_areas): ThCAC.P05 of a mirrored knee differs by up to 1.5 %
-# there (measured 1.49 % aMT at c6c18d2, 0.90 % at c2cbf8a); with bone_interface.surface_vertex_areas it agrees
-# to 0.0001 % (/work/helpers/notes-mirror.md)
-MIRROR_PENDING = {"ThCAC.P05": 0.02}
+# per-measure exceptions to the 1 % mirror criterion: none since AC / ThCAC are weighted by the cell polygons'
+# fan (bone_interface.surface_vertex_areas); with triangle vertex areas ThCAC.P05 differed by up to 1.5 %
+MIRROR_PENDING = {}
 
 
 def test_mirrored_left_knee_same_numbers_per_subregion(real_knee_morphometry, left_knee_morphometry):

@@ -51,7 +51,8 @@ from ..io.volume import Volume
 from .mesh import (covered_area_integrals, field_normals, mesh_from_field, mesh_from_field_target_points,
                    polydata_arrays, set_normals, set_point_array, smoothed_crop, vertex_areas)
 from . import chondrometrics as C
-from .bone_interface import BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels
+from .bone_interface import (BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels,
+                             surface_vertex_areas)
 from .raycast import cartilage_length_on_rays, thickness_on_surface
 from .regions import crop_bone, femoral_region_of_points, femoral_subregions, knee_frame
 
@@ -420,7 +421,8 @@ def _standard_measures_inputs(poly, thick, region, area, lab, carts_here, frame,
         d, reg, sub = euclidean_thickness(cpts, ctris, pts, tris, normals, bi)
         set_point_array(cpoly, "thickness_nearest_mm", d.astype(np.float32))
         set_point_array(cpoly, "subregion", sub.astype(np.int32))
-        parts.append((d, np.where(np.isfinite(d), vertex_areas(cpts, ctris), 0.0), reg, sub))
+        # AC / ThCAC weights from the cell polygons' fan: the same for a knee and its mirror image
+        parts.append((d, np.where(np.isfinite(d), surface_vertex_areas(cpts, ctris, bi), 0.0), reg, sub))
     if not parts:
         return bi, (np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0, int))
     return bi, tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
