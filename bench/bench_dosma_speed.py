@@ -98,6 +98,8 @@ def main(argv=None) -> int:
             continue
         net = build(cand != "unfolded")
         cl = cand in ("folded_cl", "bf16")
+        if cl:  # as dosma.predict_slices does: kernels channels-last, so the feature maps become channels-last
+            net = net.to(memory_format=torch.channels_last)
         probs = []
         c0, t0 = time.process_time(), time.perf_counter()
         with torch.inference_mode():

@@ -224,6 +224,10 @@ def predict_slices(net: Any, slices: np.ndarray, batch_size: int, device: Any, p
     import torch
 
     how = cpu_arithmetic(device) if arithmetic is None else arithmetic
+    if how.get("channels_last"):
+        # the kernels in channels-last order make every convolution after the first (1-channel input) produce
+        # channels-last feature maps, which the following layers keep (a 1-channel input alone cannot)
+        net = net.to(memory_format=torch.channels_last)
     channels_first = net.data_format == "channels_first"
     out = None
     n = slices.shape[0]
