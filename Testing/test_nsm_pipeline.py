@@ -1,6 +1,7 @@
 """The NSM step inside a pipeline run and the standalone `kneepipeline nsm` command, end to end on the real
 sample label map with our own small NSM (Testing/fixtures/nsm_small, latent 16, bone only) and a tiny
-B-score model written by the test (a 16-value unit vector)."""
+B-score model written by the test (a 16-value unit vector). The label map is the real knee on a 3 x 3 x 2
+coarser grid (conftest ``coarse_knee_path``): the NSM plumbing, not the meshing of a full-size map, is tested."""
 import json
 from pathlib import Path
 
@@ -29,14 +30,14 @@ def write_bscore(folder: Path, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def nsm_run(tmp_path_factory, sample_labels_path):
+def nsm_run(tmp_path_factory, coarse_knee_path):
     import torch
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("nsm_pipe")
     vec = write_bscore(root / "bscore")
     out = root / "out"
-    opts = RunOptions(out_dir=str(out), labels=str(sample_labels_path), label_convention="pymskt", nsm="bone_only",
+    opts = RunOptions(out_dir=str(out), labels=str(coarse_knee_path), label_convention="canonical", nsm="bone_only",
                       nsm_dir=str(SMALL), bscore_dir=str(root / "bscore"), nsm_iterations=ITER, nsm_samples=1000,
                       report=False)
     manifest = run(opts, Progress(sink=lambda e: None), command="analyze")
@@ -97,13 +98,13 @@ def test_bone_cartilage_request_with_a_bone_only_model_is_refused(tmp_path, coar
         run(opts, Progress(sink=lambda e: None), command="analyze")
 
 
-def test_nsm_command_end_to_end(tmp_path, sample_labels_path):
+def test_nsm_command_end_to_end(tmp_path, coarse_knee_path):
     from KneePipelineLib.cli import main
 
     bs = tmp_path / "bscore"
     write_bscore(bs, seed=1)
     out = tmp_path / "nsm_out"
-    rc = main(["nsm", "--labels", str(sample_labels_path), "--label-convention", "pymskt", "--nsm-dir", str(SMALL),
+    rc = main(["nsm", "--labels", str(coarse_knee_path), "--label-convention", "canonical", "--nsm-dir", str(SMALL),
                "--bscore-dir", str(bs), "--out", str(out), "--iterations", str(ITER), "--samples", "1000",
                "--mesh-resolution", "64", "--device", "cpu", "--threads", "1"])
     assert rc == 0
