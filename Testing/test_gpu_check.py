@@ -40,7 +40,8 @@ def test_gpu_check_tiny_on_cpu_writes_one_complete_json(tmp_path):
         r = nn[run]
         assert r["device"] == "cpu" and r["precision"] == precision
         assert isinstance(r["tiles"], int) and r["tiles"] >= 1 and r["seconds"] > 0
-        assert math.isclose(r["tiles_per_s"], r["tiles"] / r["seconds"], rel_tol=0.02)
+        # tiles_per_s is written to 2 decimals: on a slow (shared) CPU 1/19.6 s reads 0.05
+        assert math.isclose(r["tiles_per_s"], r["tiles"] / r["seconds"], rel_tol=0.02, abs_tol=0.005)
     assert (nn["warm"]["step_size"], nn["fast"]["step_size"], nn["fast"]["profile"]) == (0.5, 1.0, "fast")
 
     assert "CUDA" in parts["oom"]["skipped"]
