@@ -48,7 +48,7 @@ import numpy as np
 from .. import labels as L
 from ..errors import InvalidInputError, MissingStructuresError
 from ..io.volume import Volume
-from .mesh import (covered_area_integrals, field_normals, mesh_from_field, mesh_from_field_target_points,
+from .mesh import (covered_area_integrals, region_area_integrals, field_normals, mesh_from_field, mesh_from_field_target_points,
                    polydata_arrays, set_normals, set_point_array, smoothed_crop, vertex_areas)
 from . import chondrometrics as C
 from .bone_interface import (BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels,
@@ -83,6 +83,9 @@ class MeshSettings:
     # per-vertex thickness: "crossings" (distance between the field's 0.5 crossings) or "integral" (raycast)
     thickness_rule: str = "crossings"
     region_max_distance_mm: float = 1.0     # bone surface within this of a region's cartilage counts as its plate
+    # femoral regions' statistics: each triangle cut into this² sub-triangles, each in the region of its
+    # centroid (mesh.region_area_integrals), so the boundaries lie between vertices; 0 = whole vertices
+    region_subdivisions: int = 4
     keep_largest_bone_component: bool = True
     # output bone meshes resampled to about this many vertices (like the reference's 20k/20k/10k);
     # None or a missing bone = native voxel grid. Thickness and regions are measured on these meshes.
@@ -165,27 +168,33 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[min(int(np.searchsorted(c, 0.5 * c[-1])), len(v) - 1)])
 
 
-def _stats(name, code, kind, bone, thick, area, sel, volume_mm3, cover=None) -> RegionStats:
+def _stats(name, code, kind, bone, thick, area, sel, volume_mm3, cover=None, integrals=None) -> RegionStats:
     """Statistics of one region: ``sel`` its vertices. ``cover`` = (alpha, tau) per vertex from
     :func:`.mesh.covered_area_integrals` (covered area and thickness integral each vertex stands for);
     None = whole vertex areas where the thickness is valid (the edge of the covered area then jumps from
-    vertex to vertex)."""
+    vertex to vertex). ``integrals`` = (covered area, thickness integral, area) of the region with its
+    boundary placed between vertices (:func:`.mesh.region_area_integrals`; the femoral regions): then the
+    mean, the coverage and the plate area are these; SD and median stay over the region's vertices."""
     n = int(sel.sum())
     ok = sel & np.isfinite(thick)
     nv = int(ok.sum())
     plate = float(area[sel].sum())
+    if integrals is not None and integrals[2] > 0:
+        plate = float(integrals[2])
     if cover is None:
         alpha = np.where(np.isfinite(thick), area, 0.0)
         tau = np.where(np.isfinite(thick), thick, 0.0) * alpha
     else:
         alpha, tau = cover
     covered = float(alpha[sel].sum())
+    if integrals is not None:
+        covered = float(integrals[0])
     vmean = None
     if nv and covered > 0:
         t, w = thick[ok], alpha[ok]
         if w.sum() <= 0:
             w = area[ok]
-        mean = float(tau[sel].sum() / covered)
+        mean = float((integrals[1] if integrals is not None else tau[sel].sum()) / covered)
         wm = float((t * w).sum() / w.sum())
         vals = (mean, float(np.sqrt((w * (t - wm) ** 2).sum() / w.sum())), _weighted_median(t, w), mean)
         vmean = float(t.mean())
@@ -286,6 +295,7 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
     interfaces: Dict[str, BoneInterface] = {}
     subregions_arr = regions_arr.copy()
     ac: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    femur_regions: Dict[int, Tuple[float, float, float]] = {}
     miss_causes: Dict[str, Tuple[int, int, int]] = {}
     for bone, (carts, codes) in BONE_CARTILAGE.items():
         bname = BONE_KEYS[bone]
@@ -313,8 +323,13 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
                 details=details)
             if bone == L.FEMUR and info is not None:   # femoral regions by the continuous rule at the layer's
                 fr = np.isin(region, codes)            # middle, not the voxel map's staircase (regions.py)
-                region[fr] = femoral_region_of_points(
-                    frame, info, pts[fr] + 0.5 * np.nan_to_num(thick[fr])[:, None] * normals[fr])
+                mid = pts + 0.5 * np.nan_to_num(thick)[:, None] * normals
+                region[fr] = femoral_region_of_points(frame, info, mid[fr])
+                lv = _cover_level(thick, details, settings.thickness_rule)
+                if lv is not None and settings.region_subdivisions > 0:   # boundaries between vertices
+                    femur_regions = region_area_integrals(
+                        pts, tris, *lv, fr.astype(float), mid, lambda p: femoral_region_of_points(frame, info, p),
+                        codes, settings.region_subdivisions)
             misses = np.flatnonzero((region > 0) & np.isnan(thick))
             if len(misses):
                 pts = polydata_arrays(poly)[0]
@@ -346,7 +361,7 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
             continue
         thick, region, area, cover = per_bone[r.bone]
         stats.append(_stats(r.name, r.code, "region", BONE_KEYS[r.bone], thick, area, region == r.code,
-                            vox_counts[r.code] * vv, cover))
+                            vox_counts[r.code] * vv, cover, femur_regions.get(r.code) if cover is not None else None))
     for pname, codes in L.PLATES.items():
         if not any(vox_counts[c] for c in codes):
             continue
@@ -373,21 +388,27 @@ def analyze_labels(labels: Volume, settings: MeshSettings = MeshSettings(),
                              interfaces, lab.with_array(subregions_arr))
 
 
-def _covered(pts, tris, thick, details, rule):
-    """(alpha, tau) per bone vertex (:func:`.mesh.covered_area_integrals`): the level is the cartilage
+def _cover_level(thick, details, rule):
+    """(level, values, boundary value) for :func:`.mesh.covered_area_integrals`: the level is the cartilage
     field's maximum on the ray - 0.5 (a layer's edge lies where it reaches 0.5; a ray that reaches 0.5
     without a valid reading counts as uncovered, level -0.5). The thickness on the edge itself is 0 for
     the crossings rule (the crossings meet there) and the partial layer's integral, interpolated, for
-    the integral rule (it varies continuously across the edge)."""
+    the integral rule (it varies continuously across the edge). None without the ray details."""
     if "peak" not in details:
         return None
     valid = np.isfinite(thick)
     level = np.where(valid, np.maximum(details["peak"] - 0.5, 0.0), np.minimum(details["peak"] - 0.5, -1e-6))
     level[~valid & (details["peak"] >= 0.5)] = -0.5
     if rule == "integral":
-        values = np.where(valid, thick, np.nan_to_num(details["bump_mm"]))
-        return covered_area_integrals(pts, tris, level, values, None)
-    return covered_area_integrals(pts, tris, level, np.where(valid, thick, 0.0), 0.0)
+        return level, np.where(valid, thick, np.nan_to_num(details["bump_mm"])), None
+    return level, np.where(valid, thick, 0.0), 0.0
+
+
+def _covered(pts, tris, thick, details, rule):
+    """(alpha, tau) per bone vertex (:func:`.mesh.covered_area_integrals`, level and values from
+    :func:`_cover_level`)."""
+    lv = _cover_level(thick, details, rule)
+    return None if lv is None else covered_area_integrals(pts, tris, *lv)
 
 
 _PLATE_CODES = {"femur": "F", "tibia_medial": "MT", "tibia_lateral": "LT", "patella": "P"}

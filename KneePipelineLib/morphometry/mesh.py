@@ -94,6 +94,56 @@ def vertex_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return out
 
 
+def covered_pieces(points: np.ndarray, triangles: np.ndarray, level: np.ndarray, values: np.ndarray,
+                   boundary_value: Optional[float] = None):
+    """The covered part of each triangle as triangular pieces (see :func:`covered_area_integrals`):
+    (parent triangle index (p,), corners in the parent's barycentric coordinates (p, 3 corners, 3),
+    the value at each corner (p, 3; linear on the piece), the piece's area (p,)). ``level`` >= 0 is
+    covered; inside each triangle level and value are linear and the triangle is clipped at level 0."""
+    empty = (np.zeros(0, dtype=np.int64), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0))
+    if len(triangles) == 0:
+        return empty
+    area = 0.5 * np.linalg.norm(face_normals(points, triangles), axis=1)
+    f = np.asarray(level, dtype=float)[triangles]
+    t = np.asarray(values, dtype=float)[triangles]
+    pos = f >= 0
+    npos = pos.sum(axis=1)
+    eye = np.eye(3)
+    out = []
+    full = np.flatnonzero(npos == 3)
+    if len(full):
+        out.append((full, np.broadcast_to(eye, (len(full), 3, 3)), t[full], area[full]))
+    for count in (1, 2):
+        sel = np.flatnonzero(npos == count)
+        if not len(sel):
+            continue
+        # the odd vertex first: the covered one (count 1) or the uncovered one (count 2)
+        k = np.argmax(pos[sel], axis=1) if count == 1 else np.argmin(pos[sel], axis=1)
+        order = (k[:, None] + np.arange(3)[None, :]) % 3
+        rows = sel[:, None]
+        fr, tr, a = f[rows, order], t[rows, order], area[sel]
+        ex = eye[order]                                 # the reordered corners in the parent's coordinates
+        s1 = fr[:, 0] / (fr[:, 0] - fr[:, 1])          # edge 0-1 crosses level 0 at s1 from vertex 0
+        s2 = fr[:, 0] / (fr[:, 0] - fr[:, 2])
+        x1 = (1 - s1)[:, None] * ex[:, 0] + s1[:, None] * ex[:, 1]
+        x2 = (1 - s2)[:, None] * ex[:, 0] + s2[:, None] * ex[:, 2]
+        if boundary_value is None:
+            t1 = (1 - s1) * tr[:, 0] + s1 * tr[:, 1]
+            t2 = (1 - s2) * tr[:, 0] + s2 * tr[:, 2]
+        else:
+            t1 = t2 = np.full(len(sel), float(boundary_value))
+        if count == 1:      # the corner (0, x1, x2)
+            out.append((sel, np.stack([ex[:, 0], x1, x2], axis=1), np.stack([tr[:, 0], t1, t2], axis=1), a * s1 * s2))
+        else:               # the quadrilateral (1, 2, x2, x1) as two triangles (1, 2, x2) + (1, x2, x1)
+            a_a = a * (1 - s2)
+            a_b = a * (1 - s1 * s2) - a_a
+            out.append((sel, np.stack([ex[:, 1], ex[:, 2], x2], axis=1), np.stack([tr[:, 1], tr[:, 2], t2], axis=1), a_a))
+            out.append((sel, np.stack([ex[:, 1], x2, x1], axis=1), np.stack([tr[:, 1], t2, t1], axis=1), a_b))
+    if not out:
+        return empty
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(4))
+
+
 def covered_area_integrals(points: np.ndarray, triangles: np.ndarray, level: np.ndarray, values: np.ndarray,
                            boundary_value: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Per vertex: the covered area it stands for and the integral of the value over it, (alpha, tau).
@@ -113,57 +163,92 @@ def covered_area_integrals(points: np.ndarray, triangles: np.ndarray, level: np.
     n = len(points)
     alpha = np.zeros(n)
     tau = np.zeros(n)
-    if len(triangles) == 0:
+    tri, bary, tc, a = covered_pieces(points, triangles, level, values, boundary_value)
+    if not len(tri):
         return alpha, tau
-    area = 0.5 * np.linalg.norm(face_normals(points, triangles), axis=1)
-    f = np.asarray(level, dtype=float)[triangles]
-    t = np.asarray(values, dtype=float)[triangles]
-    pos = f >= 0
-    npos = pos.sum(axis=1)
-    eye = np.eye(3)
-
-    def add(tri_ids, bary, tc, a):
-        """Pieces: tri_ids (m,3) parent vertex ids, bary (m,3 corners,3 parent weights), tc (m,3), a (m)."""
-        la = a[:, None] * bary.mean(axis=1)
-        lt = a[:, None] / 12.0 * (np.einsum("mcv,mc->mv", bary, tc) + bary.sum(axis=1) * tc.sum(axis=1)[:, None])
-        for v in range(3):
-            alpha[:] += np.bincount(tri_ids[:, v], weights=la[:, v], minlength=n)
-            tau[:] += np.bincount(tri_ids[:, v], weights=lt[:, v], minlength=n)
-
-    full = npos == 3
-    if full.any():
-        m = int(full.sum())
-        add(triangles[full], np.broadcast_to(eye, (m, 3, 3)), t[full], area[full])
-    for count in (1, 2):
-        sel = np.flatnonzero(npos == count)
-        if not len(sel):
-            continue
-        # the odd vertex first: the covered one (count 1) or the uncovered one (count 2)
-        k = np.argmax(pos[sel], axis=1) if count == 1 else np.argmin(pos[sel], axis=1)
-        order = (k[:, None] + np.arange(3)[None, :]) % 3
-        rows = sel[:, None]
-        ids, fr, tr, a = triangles[rows, order], f[rows, order], t[rows, order], area[sel]
-        s1 = fr[:, 0] / (fr[:, 0] - fr[:, 1])          # edge 0-1 crosses level 0 at s1 from vertex 0
-        s2 = fr[:, 0] / (fr[:, 0] - fr[:, 2])
-        x1 = (1 - s1)[:, None] * eye[0] + s1[:, None] * eye[1]
-        x2 = (1 - s2)[:, None] * eye[0] + s2[:, None] * eye[2]
-        if boundary_value is None:
-            t1 = (1 - s1) * tr[:, 0] + s1 * tr[:, 1]
-            t2 = (1 - s2) * tr[:, 0] + s2 * tr[:, 2]
-        else:
-            t1 = t2 = np.full(len(sel), float(boundary_value))
-        e0 = np.broadcast_to(eye[0], x1.shape)
-        if count == 1:      # the corner (0, x1, x2)
-            add(ids, np.stack([e0, x1, x2], axis=1), np.stack([tr[:, 0], t1, t2], axis=1), a * s1 * s2)
-        else:               # the quadrilateral (1, 2, x2, x1) as two triangles
-            e1, e2 = np.broadcast_to(eye[1], x1.shape), np.broadcast_to(eye[2], x1.shape)
-            a_q = a * (1 - s1 * s2)
-            # split (1, 2, x2) + (1, x2, x1); their areas in the parent's barycentric measure
-            a_a = a * (1 - s2)                     # triangle (1, 2, x2)
-            a_b = a_q - a_a                        # triangle (1, x2, x1)
-            add(ids, np.stack([e1, e2, x2], axis=1), np.stack([tr[:, 1], tr[:, 2], t2], axis=1), a_a)
-            add(ids, np.stack([e1, x2, x1], axis=1), np.stack([tr[:, 1], t2, t1], axis=1), a_b)
+    # over a triangle piece with corners x_c (parent weights) and linear value t: the integral of
+    # lambda_v is a * mean_c x_cv, of lambda_v * t is a / 12 * (sum_c x_cv t_c + sum_c x_cv * sum_c t_c)
+    la = a[:, None] * bary.mean(axis=1)
+    lt = a[:, None] / 12.0 * (np.einsum("mcv,mc->mv", bary, tc) + bary.sum(axis=1) * tc.sum(axis=1)[:, None])
+    ids = triangles[tri]
+    for v in range(3):
+        alpha += np.bincount(ids[:, v], weights=la[:, v], minlength=n)
+        tau += np.bincount(ids[:, v], weights=lt[:, v], minlength=n)
     return alpha, tau
+
+
+def _subdivision(n: int) -> np.ndarray:
+    """The n² sub-triangles of a triangle cut into n parts per edge, as barycentric corners (n², 3, 3)."""
+    out = []
+    for i in range(n):
+        for j in range(n - i):
+            out.append([(i, j), (i + 1, j), (i, j + 1)])
+            if i + j <= n - 2:
+                out.append([(i + 1, j), (i + 1, j + 1), (i, j + 1)])
+    ij = np.asarray(out, dtype=float) / n
+    return np.concatenate([ij, 1.0 - ij.sum(axis=2, keepdims=True)], axis=2)
+
+
+def region_area_integrals(points: np.ndarray, triangles: np.ndarray, level: np.ndarray, values: np.ndarray,
+                          boundary_value: Optional[float], member: np.ndarray, region_points: np.ndarray,
+                          region_of_points, codes, subdivisions: int = 4):
+    """Per region code: (covered area, integral of the value over it, whole area), with the regions'
+    boundaries placed *between* vertices, as :func:`covered_area_integrals` places the covered edge.
+
+    The covered pieces of each triangle (:func:`covered_pieces`) and the whole triangles are cut into
+    ``subdivisions``² sub-triangles; each takes the region ``region_of_points`` gives at the point
+    ``region_points`` (per vertex, interpolated linearly) takes at its centroid, so a region's boundary
+    moves with the anatomy in steps of 1/``subdivisions`` of a triangle instead of whole vertex areas.
+    ``member`` (per vertex, 0-1, interpolated linearly) restricts the integrals to a part of the surface
+    (e.g. the vertices of a plate): summed over the codes they equal sum(member * alpha) and
+    sum(member * tau) of :func:`covered_area_integrals` when every sub-triangle falls into one of them.
+    Triangles whose three corners lie in one region are not cut (the region is then taken as whole)."""
+    codes = list(codes)
+    res = {c: [0.0, 0.0, 0.0] for c in codes}
+    member = np.asarray(member, dtype=float)
+    keep = np.flatnonzero(member[triangles].max(axis=1) > 0)
+    if not len(keep):
+        return {c: tuple(v) for c, v in res.items()}
+    tris = triangles[keep]
+    corner_region = region_of_points(region_points[tris].reshape(-1, 3)).reshape(-1, 3)
+    one = (corner_region == corner_region[:, :1]).all(axis=1)
+    sub = _subdivision(int(subdivisions))
+
+    def accumulate(tri, bary, tc, a, col_cov):
+        """Pieces in parent triangles ``tri`` (indices into tris): bary (p,3,3), values tc (p,3), areas a."""
+        m = np.einsum("pcv,pv->pc", bary, member[tris[tri]])
+        whole = one[tri]
+        parts = []
+        if whole.any():     # not cut: one region for the piece
+            w = np.flatnonzero(whole)
+            parts.append((corner_region[tri[w], 0], m[w], tc[w], a[w]))
+        cut = np.flatnonzero(~whole)
+        if len(cut):
+            k = len(sub)
+            sb = np.einsum("scd,pdv->pscv", sub, bary[cut])            # sub-triangle corners, parent weights
+            sm = np.einsum("scd,pd->psc", sub, m[cut]).reshape(-1, 3)
+            st = np.einsum("scd,pd->psc", sub, tc[cut]).reshape(-1, 3)
+            cen = sb.mean(axis=2)                                        # (p, s, 3) centroids
+            rp = np.einsum("psv,pvx->psx", cen, region_points[tris[tri[cut]]]).reshape(-1, 3)
+            parts.append((np.asarray(region_of_points(rp)), sm, st, np.repeat(a[cut] / k, k)))
+        for r, mm, tt, aa in parts:
+            am = aa * mm.mean(axis=1)
+            at = aa / 12.0 * ((mm * tt).sum(axis=1) + mm.sum(axis=1) * tt.sum(axis=1))
+            for c in codes:
+                s = r == c
+                if col_cov:
+                    res[c][0] += float(am[s].sum())
+                    res[c][1] += float(at[s].sum())
+                else:
+                    res[c][2] += float(am[s].sum())
+
+    tri, bary, tc, a = covered_pieces(points, tris, level, values, boundary_value)
+    if len(tri):
+        accumulate(tri, bary, tc, a, True)
+    area = 0.5 * np.linalg.norm(face_normals(points, tris), axis=1)
+    allt = np.arange(len(tris))
+    accumulate(allt, np.broadcast_to(np.eye(3), (len(tris), 3, 3)), np.zeros((len(tris), 3)), area, False)
+    return {c: tuple(v) for c, v in res.items()}
 
 
 def signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
