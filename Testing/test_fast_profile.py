@@ -12,7 +12,10 @@ margin:
   to its measured loss + 0.05 (0.05 where none was measured): the documented cost, not a hope.
 * bf16 autocast vs fp32 (what a CPU with native bf16 runs by default): per-structure Dice >= 0.99 (the issue's
   bar; measured >= 0.9987). The test forces bf16 with ``KNEEPIPELINE_CPU_BF16=1`` so it runs on every CPU
-  (emulated where not native: slower, same arithmetic), and forces fp32 with ``=0``.
+  (emulated where not native: same arithmetic, but ~40 CPU-s per tiny-model tile on an AVX2-only CPU, where
+  the whole fast run took 470 s), and forces fp32 with ``=0``. Where bf16 is not native the comparison runs
+  on a one-tile crop of the same held-out knee (``heldout_crop``, 88x88x64 voxels round the femorotibial
+  joint): the same network, arithmetic and threshold over fewer voxels.
 """
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from KneePipelineLib.segmentation import segment
 from KneePipelineLib.segmentation.cpu_speed import ENV_BF16, native_bf16, use_cpu_bf16
 
 import synthetic_mri as S
+from heldout_crop import heldout_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "Testing" / "fixtures" / "nnunet_tiny_knee"
@@ -50,15 +54,34 @@ def _segment(img, profile, bf16, monkeypatch):
     return res.labels.array, res.model
 
 
+BF16_CROP_IJK = (88, 88, 64)     # one tile of the tiny model (64^3 at 1.4 x 1.09 x 1.09 mm) at the fast step
+
+
 @pytest.fixture(scope="module")
 def runs(case):
     mp = pytest.MonkeyPatch()
     try:
         img, _ = case
-        return {key: _segment(img, key[0], key[1], mp) for key in
-                (("default", False), ("fast", False), ("fast", True))}
+        keys = [("default", False), ("fast", False)] + ([("fast", True)] if native_bf16() else [])
+        return {key: _segment(img, key[0], key[1], mp) for key in keys}
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(case, runs, sample_labels_path):
+    """(fp32 labels, bf16 labels, truth) of the fast profile: the whole held-out knee where bf16 is native,
+    else a one-tile crop of it (emulated bf16 costs ~40 CPU-s a tile)."""
+    if native_bf16():
+        return runs[("fast", False)][0], runs[("fast", True)][0], case[1]
+    img, lab = heldout_crop(S.load_sample_labels(sample_labels_path), "right", size_ijk=BF16_CROP_IJK)
+    mp = pytest.MonkeyPatch()
+    try:
+        (fp32, m32), (bf16, m16) = _segment(img, "fast", False, mp), _segment(img, "fast", True, mp)
+    finally:
+        mp.undo()
+    assert sum(m16["tiles"]) == 1 and m16["precision"] == "bf16-autocast" and m32["precision"] == "fp32"
+    return fp32, bf16, lab.array
 
 
 def _present(truth):
@@ -70,7 +93,9 @@ def test_fast_profile_has_fewer_tiles_and_records_itself(runs):
     assert sum(fast["tiles"]) < sum(default["tiles"])
     assert (default["step_size"], default["profile"]) == (0.5, "default")
     assert (fast["step_size"], fast["profile"]) == (1.0, "fast")
-    assert fast["precision"] == "fp32" and runs[("fast", True)][1]["precision"] == "bf16-autocast"
+    assert fast["precision"] == "fp32"
+    if native_bf16():
+        assert runs[("fast", True)][1]["precision"] == "bf16-autocast"
 
 
 def test_fast_profile_costs_no_more_dice_than_measured(case, runs):
@@ -81,9 +106,9 @@ def test_fast_profile_costs_no_more_dice_than_measured(case, runs):
         assert d_fast >= d_def - MEASURED_FAST_LOSS.get(t, 0.0) - MARGIN, (L.TISSUES[t], d_def, d_fast)
 
 
-def test_bf16_autocast_matches_fp32(case, runs):
-    _, truth = case
-    fp32, bf16 = runs[("fast", False)][0], runs[("fast", True)][0]
+def test_bf16_autocast_matches_fp32(bf16_pair):
+    fp32, bf16, truth = bf16_pair
+    assert _present(truth)
     for t in _present(truth):
         assert S.dice(bf16, fp32, t) >= BF16_MIN_DICE, (L.TISSUES[t], S.dice(bf16, fp32, t))
 
