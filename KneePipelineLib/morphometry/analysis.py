@@ -27,8 +27,9 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    "Precision"): the mean thickness (the integral of the piecewise-linear thickness over the covered
    area / that area; the edge of the covered area - where the ray's field maximum reaches 0.5 - is
    placed between vertices, :func:`.mesh.covered_area_integrals`, so it moves continuously with the
-   anatomy instead of jumping by whole vertex areas), SD and median weighted by the covered area each
-   vertex stands for; the plain per-vertex mean (``thickness_vertex_mean_mm``, a property of the mesh);
+   anatomy instead of jumping by whole vertex areas; the femoral regions' boundaries are placed between
+   vertices too, :func:`.mesh.region_area_integrals`, and so are their plate area and coverage), SD and
+   median weighted by the covered area each vertex stands for (over the region's vertices); the plain per-vertex mean (``thickness_vertex_mean_mm``, a property of the mesh);
    plate area (bone surface assigned to the region; vertex area = 1/3 of adjacent triangles), coverage
    (its covered fraction), cartilage volume from voxel counts;
 6. the field's reporting standard (:mod:`.chondrometrics`, :mod:`.bone_interface`, docs/MEASURES.md):
