@@ -29,7 +29,8 @@ Steps (all geometry in physical LPS mm; see :mod:`.regions` for the frame and th
    placed between vertices, :func:`.mesh.covered_area_integrals`, so it moves continuously with the
    anatomy instead of jumping by whole vertex areas; the femoral regions' boundaries are placed between
    vertices too, :func:`.mesh.region_area_integrals`, and so are their plate area and coverage), SD and
-   median weighted by the covered area each vertex stands for (over the region's vertices); the plain per-vertex mean (``thickness_vertex_mean_mm``, a property of the mesh);
+   median weighted by the covered area each vertex stands for (over the region's vertices); the plain
+   per-vertex mean (``thickness_vertex_mean_mm``, a property of the mesh);
    plate area (bone surface assigned to the region; vertex area = 1/3 of adjacent triangles), coverage
    (its covered fraction), cartilage volume from voxel counts;
 6. the field's reporting standard (:mod:`.chondrometrics`, :mod:`.bone_interface`, docs/MEASURES.md):
@@ -49,7 +50,8 @@ import numpy as np
 from .. import labels as L
 from ..errors import InvalidInputError, MissingStructuresError
 from ..io.volume import Volume
-from .mesh import (covered_area_integrals, region_area_integrals, field_normals, mesh_from_field, mesh_from_field_target_points,
+from .mesh import (covered_area_integrals, region_area_integrals, field_normals, mesh_from_field,
+                   mesh_from_field_target_points,
                    polydata_arrays, set_normals, set_point_array, smoothed_crop, vertex_areas)
 from . import chondrometrics as C
 from .bone_interface import (BoneInterface, bone_interface, euclidean_thickness, label_subregion_voxels,

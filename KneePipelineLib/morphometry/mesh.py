@@ -137,7 +137,8 @@ def covered_pieces(points: np.ndarray, triangles: np.ndarray, level: np.ndarray,
         else:               # the quadrilateral (1, 2, x2, x1) as two triangles (1, 2, x2) + (1, x2, x1)
             a_a = a * (1 - s2)
             a_b = a * (1 - s1 * s2) - a_a
-            out.append((sel, np.stack([ex[:, 1], ex[:, 2], x2], axis=1), np.stack([tr[:, 1], tr[:, 2], t2], axis=1), a_a))
+            out.append((sel, np.stack([ex[:, 1], ex[:, 2], x2], axis=1),
+                        np.stack([tr[:, 1], tr[:, 2], t2], axis=1), a_a))
             out.append((sel, np.stack([ex[:, 1], x2, x1], axis=1), np.stack([tr[:, 1], t2, t1], axis=1), a_b))
     if not out:
         return empty
