@@ -180,10 +180,19 @@ def test_assd_compares_a_clipped_input_like_with_like():
 
 def test_bf16_fit_gives_the_same_shape(model, held_out, right_fit, short):
     """The optional bfloat16 fit (not the default) lands on the fp32 fit's shape: ASSD within 0.05 mm,
-    latent within 5 % (bench/bench_nsm.py: 0.0004 mm and < 1 % with the published sampling)."""
-    fit = model.fit(held_out, laterality="right", seed=3, settings=short, mesh_resolution=RES, precision="bf16")
-    assert fit.report["precision"] == "bf16" and right_fit.report["precision"] == "fp32"
-    assert abs(fit.assd_mm["bone"] - right_fit.assd_mm["bone"]) < 0.05
-    scale = np.linalg.norm(right_fit.latent)
-    assert np.linalg.norm(fit.latent - right_fit.latent) / scale < 0.05
-    assert not np.array_equal(fit.latent, right_fit.latent)          # it did run in another precision
+    latent within 5 % (bench/bench_nsm.py: 0.0004 mm and < 1 % with the published sampling). Where the CPU
+    has no native bf16 (emulated: ~70 CPU-s for this fit on an AVX2-only CPU) both fits take 20 steps of 1000
+    points and mesh on a 64^3 grid: the same comparison on a shorter fit."""
+    from KneePipelineLib.segmentation.cpu_speed import native_bf16
+
+    if native_bf16():
+        settings, res, ref = short, RES, right_fit
+    else:
+        settings, res = model.recon_settings.with_overrides(iterations=20, samples=1000, patience=20, n_lr_updates=2), 64
+        ref = model.fit(held_out, laterality="right", seed=3, settings=settings, mesh_resolution=res)
+    fit = model.fit(held_out, laterality="right", seed=3, settings=settings, mesh_resolution=res, precision="bf16")
+    assert fit.report["precision"] == "bf16" and ref.report["precision"] == "fp32"
+    assert abs(fit.assd_mm["bone"] - ref.assd_mm["bone"]) < 0.05
+    scale = np.linalg.norm(ref.latent)
+    assert np.linalg.norm(fit.latent - ref.latent) / scale < 0.05
+    assert not np.array_equal(fit.latent, ref.latent)          # it did run in another precision
