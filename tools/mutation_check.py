@@ -122,7 +122,7 @@ MUTATIONS: List[Mutation] = [
       "inward-facing meshes when det(direction) < 0", T_MORPH),
     # -- regional statistics
     M("stats-area-weighting", MORPH + "analysis.py",
-      "mean = float(tau[sel].sum() / covered)", "mean = float(t.mean())",
+      "mean = float((integrals[1] if integrals is not None else tau[sel].sum()) / covered)", "mean = float(t.mean())",
       "area-weighted mean replaced by a plain mean", T_PH_STATS),
     M("stats-coverage-by-count", MORPH + "analysis.py",
       "cov = covered / plate if plate > 0 else None", "cov = float(nv / n) if n else None",
