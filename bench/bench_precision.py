@@ -31,12 +31,12 @@ STATS = ("thickness_mean_mm", "thickness_vertex_mean_mm", "thickness_median_mm")
 VOLUME = ("cartilage_volume_mm3",)
 
 
-def revoxelise(vol: Volume, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)) -> Volume:
-    """The same anatomy moved (shift in voxels of i, j, k; rotation about the label map's cartilage centroid
-    around an LPS axis), resampled nearest-neighbour onto the same grid."""
+def revoxelise_all(vol: Volume, others=(), shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)):
+    """The same anatomy moved (shift in voxels of i, j, k; rotation about ``vol``'s cartilage centroid around an
+    LPS axis), resampled nearest-neighbour onto the same grid: [moved vol, moved label arrays ``others`` (on
+    ``vol``'s grid) ...]."""
     import SimpleITK as sitk
 
-    img = vol.to_sitk()
     k, j, i = np.nonzero(np.isin(vol.array, L.CARTILAGES))
     centre = vol.ijk_to_lps(np.array([[i.mean(), j.mean(), k.mean()]]))[0]
     ax = np.asarray(axis_lps, float)
@@ -46,9 +46,18 @@ def revoxelise(vol: Volume, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axi
     vr.SetRotation([float(a) for a in ax], float(np.radians(rot_deg)))
     shift_lps = vol.direction @ (np.asarray(shift_vox, float) * vol.spacing_mm)
     vr.SetTranslation([float(s) for s in shift_lps])
-    # Resample maps output points through the transform into the input: the inverse moves the anatomy
-    res = sitk.Resample(img, img, vr.GetInverse(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
-    return Volume.from_sitk(res)
+    out = []
+    for arr in (vol.array,) + tuple(others):
+        img = vol.with_array(arr).to_sitk()
+        # Resample maps output points through the transform into the input: the inverse moves the anatomy
+        res = sitk.Resample(img, img, vr.GetInverse(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
+        out.append(Volume.from_sitk(res))
+    return out
+
+
+def revoxelise(vol: Volume, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)) -> Volume:
+    """The same anatomy moved and resampled nearest-neighbour onto the same grid (:func:`revoxelise_all`)."""
+    return revoxelise_all(vol, (), shift_vox, rot_deg, axis_lps)[0]
 
 
 def variants(quick: bool):

@@ -35,31 +35,10 @@ from KneePipelineLib.benchinfo import write_result  # noqa: E402
 from KneePipelineLib.io import Volume, read_labels  # noqa: E402
 from KneePipelineLib.morphometry import analysis as A  # noqa: E402
 from KneePipelineLib.morphometry.regions import KneeFrame, femoral_subregions, knee_frame  # noqa: E402
-from bench_precision import variants  # noqa: E402
+from bench_precision import revoxelise_all as revoxelise, variants  # noqa: E402
 
 FEMORAL = (11, 12, 13, 14, 15)
 LANDMARKS = ("ap_post", "ap_notch", "ap_wb_post", "ml_notch", "top_si")   # frame mm
-
-
-def revoxelise(vol, others=(), shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)):
-    """bench_precision.revoxelise (the same transform: rotation about the cartilage centroid of ``vol``), applied
-    to ``vol`` and to label arrays ``others`` on its grid: [moved vol, moved others...]."""
-    import SimpleITK as sitk
-
-    k, j, i = np.nonzero(np.isin(vol.array, L.CARTILAGES))
-    centre = vol.ijk_to_lps(np.array([[i.mean(), j.mean(), k.mean()]]))[0]
-    ax = np.asarray(axis_lps, float)
-    ax /= np.linalg.norm(ax)
-    vr = sitk.VersorRigid3DTransform()
-    vr.SetCenter([float(c) for c in centre])
-    vr.SetRotation([float(a) for a in ax], float(np.radians(rot_deg)))
-    vr.SetTranslation([float(s) for s in vol.direction @ (np.asarray(shift_vox, float) * vol.spacing_mm)])
-    out = []
-    for arr in (vol.array,) + tuple(others):
-        img = vol.with_array(arr).to_sitk()
-        res = sitk.Resample(img, img, vr.GetInverse(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
-        out.append(Volume.from_sitk(res))
-    return out
 
 
 def moved_frame(frame, vol, shift_vox=(0.0, 0.0, 0.0), rot_deg: float = 0.0, axis_lps=(0, 0, 1)):
