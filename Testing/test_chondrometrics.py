@@ -126,6 +126,21 @@ def test_miss_is_neither_covered_nor_denuded():
     assert m["ThCtAB.aMe"] == pytest.approx(4.0 / 3) and m["ThCcAB.aMe"] == 2.0
 
 
+def _ray_cast_plate(arr, bone, cart, h):
+    """The bone block's surface ray-cast through the smoothed cartilage like the real knee's (h mm voxels, medial
+    tibial plate): (bone vertices, thickness, vertex areas, bone interface)."""
+    vol = Volume(arr, [h, h, h], [0.0, 0.0, 0.0], np.eye(3))
+    poly = mesh_from_mask(bone, vol, 0.5)
+    fld, off = smoothed_crop(cart, vol.spacing_mm, 0.3125)
+    fv = Volume(fld, vol.spacing_mm, vol.ijk_to_lps(off[::-1][None].astype(float))[0], vol.direction)
+    pts, tris = polydata_arrays(poly)
+    normals = vertex_normals(pts, tris)
+    th, reg = thickness_on_surface(poly, None, vol, region_codes=[L.MEDIAL_TIBIAL_CARTILAGE], normals=normals,
+                                   cartilage_field=fv)
+    area = vertex_areas(pts, tris)
+    return pts, th, area, bone_interface(pts, tris, normals, th, reg, area, vol, [L.MEDIAL_TIBIAL_CARTILAGE])
+
+
 @pytest.fixture(scope="module")
 def denuded_plate():
     """A bone block under a 2 mm cartilage plate (40 x 30 mm) with a 10 x 10 mm full-thickness hole,
@@ -140,16 +155,7 @@ def denuded_plate():
     cart = plate & ~hole & (Z > 10) & (Z < 12)
     arr = np.where(bone, L.TIBIA, 0).astype(np.int16)
     arr[cart] = L.MEDIAL_TIBIAL_CARTILAGE
-    vol = Volume(arr, [h, h, h], [0.0, 0.0, 0.0], np.eye(3))
-    poly = mesh_from_mask(bone, vol, 0.5)
-    fld, off = smoothed_crop(cart, vol.spacing_mm, 0.3125)
-    fv = Volume(fld, vol.spacing_mm, vol.ijk_to_lps(off[::-1][None].astype(float))[0], vol.direction)
-    pts, tris = polydata_arrays(poly)
-    normals = vertex_normals(pts, tris)
-    th, reg = thickness_on_surface(poly, None, vol, region_codes=[L.MEDIAL_TIBIAL_CARTILAGE], normals=normals,
-                                   cartilage_field=fv)
-    area = vertex_areas(pts, tris)
-    bi = bone_interface(pts, tris, normals, th, reg, area, vol, [L.MEDIAL_TIBIAL_CARTILAGE])
+    pts, th, area, bi = _ray_cast_plate(arr, bone, cart, h)
     col = h * h
     expected_dab_pct = 100.0 * hole[0, :, :].sum() / plate[0, :, :].sum()
     return th, area, bi, expected_dab_pct, plate[0].sum() * col
@@ -184,15 +190,7 @@ def rim_plate():
     cart = (plate & ~notch & (Z > 10) & (Z < 12)) | (band & (Z > 10) & (Z < 10.5))
     arr = np.where(bone, L.TIBIA, 0).astype(np.int16)
     arr[cart] = L.MEDIAL_TIBIAL_CARTILAGE
-    vol = Volume(arr, [h, h, h], [0.0, 0.0, 0.0], np.eye(3))
-    poly = mesh_from_mask(bone, vol, 0.5)
-    fld, off = smoothed_crop(cart, vol.spacing_mm, 0.3125)
-    fv = Volume(fld, vol.spacing_mm, vol.ijk_to_lps(off[::-1][None].astype(float))[0], vol.direction)
-    pts, tris = polydata_arrays(poly)
-    normals = vertex_normals(pts, tris)
-    th, reg = thickness_on_surface(poly, None, vol, region_codes=[L.MEDIAL_TIBIAL_CARTILAGE], normals=normals,
-                                   cartilage_field=fv)
-    bi = bone_interface(pts, tris, normals, th, reg, vertex_areas(pts, tris), vol, [L.MEDIAL_TIBIAL_CARTILAGE])
+    pts, _, _, bi = _ray_cast_plate(arr, bone, cart, h)
     top = pts[:, 2] > 9.5
     in_band = top & (pts[:, 1] > 3.3) & (pts[:, 1] < 5.7) & (pts[:, 0] > 7) & (pts[:, 0] < 45)
     in_notch = top & (pts[:, 1] > 29) & (pts[:, 0] > 22) & (pts[:, 0] < 30)

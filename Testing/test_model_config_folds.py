@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 pytest.importorskip("huggingface_hub")
 
 from nnunet_fixtures import lay_out_hub_cache  # noqa: E402
-from test_hub import COMMIT, FULL, FakeHub  # noqa: E402
+from test_hub import COMMIT, FULL, FakeHub, endpoint  # noqa: E402,F401  (endpoint: a fixture)
 
 from KneePipelineLib import hub  # noqa: E402
 from KneePipelineLib.errors import ModelMissingError  # noqa: E402
@@ -31,16 +31,6 @@ def _clean_env(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "KNEEPIPELINE_CACHE", "HF_HOME", "HF_HUB_CACHE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-
-
-@pytest.fixture
-def endpoint(monkeypatch):
-    import huggingface_hub.constants as c
-
-    def use(url):
-        monkeypatch.setattr(c, "ENDPOINT", url)
-        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-    return use
 
 
 def _repo(tmp_path, model_info):
